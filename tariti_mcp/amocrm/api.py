@@ -1,0 +1,212 @@
+"""``call_amocrm_api``: any v4 request, with paging, limits, a bounded answer and the cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import InvalidArgument
+from ..store import Store
+from .client import METHODS, AmoCrmClient, api_path, check_query, flatten_query, list_items
+from .client import next_link
+
+logger = logging.getLogger(__name__)
+
+# The answer is read by a model: keep it well under what a context can take.
+MAX_ANSWER_CHARS = 60_000
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+
+_UPSERTS = {
+    "leads": Store.upsert_leads,
+    "contacts": Store.upsert_contacts,
+    "companies": Store.upsert_companies,
+    "pipelines": Store.upsert_pipelines,
+    "statuses": Store.upsert_statuses,
+    "users": Store.upsert_users,
+}
+_SINGLE = [
+    (re.compile(r"^/api/v4/leads/pipelines/(\d+)/statuses/\d+$"), "statuses"),
+    (re.compile(r"^/api/v4/leads/pipelines/\d+$"), "pipelines"),
+    (re.compile(r"^/api/v4/(leads|contacts|companies|users)/\d+$"), None),
+]
+
+
+def _strip_links(value: Any) -> Any:
+    """Drop HAL ``_links`` from items: they only repeat the item's own address."""
+    if isinstance(value, dict):
+        return {k: _strip_links(v) for k, v in value.items() if k != "_links"}
+    if isinstance(value, list):
+        return [_strip_links(v) for v in value]
+    return value
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def _page_of(href: str | None) -> int | None:
+    if not href:
+        return None
+    page = parse_qs(urlsplit(href).query).get("page")
+    return int(page[0]) if page and page[0].isdigit() else None
+
+
+def _cache(store: Store | None, path: str, entity: str | None, items: list[Any]) -> None:
+    if store is None or not items:
+        return
+    if entity == "statuses":
+        found = re.match(r"^/api/v4/leads/pipelines/(\d+)", path)
+        if found:
+            items = [{"pipeline_id": int(found.group(1)), **i} for i in items if isinstance(i, dict)]
+    upsert = _UPSERTS.get(entity or "")
+    if upsert is not None:
+        try:
+            upsert(store, [i for i in items if isinstance(i, dict)])
+        except Exception:  # the cache must never fail the request it came with
+            logger.exception("could not cache %s", entity)
+
+
+def _single_entity(path: str) -> str | None:
+    for pattern, entity in _SINGLE:
+        found = pattern.match(path)
+        if found:
+            return entity or found.group(1)
+    return None
+
+
+async def call_api(
+    client: AmoCrmClient,
+    store: Store | None,
+    method: str,
+    path: str,
+    query: dict[str, Any] | None = None,
+    body: Any = None,
+    *,
+    all_pages: bool = False,
+    max_pages: int = 10,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run one API call (or a walk over its pages) and shape the answer for the model."""
+    method = method.upper().strip()
+    if method not in METHODS:
+        raise InvalidArgument(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    path = api_path(path)
+    pairs, notes = check_query(path, flatten_query(query or {}))
+    if method == "GET" and body not in (None, {}, []):
+        raise InvalidArgument("a GET request takes no body: put filters in `query`")
+    if method in ("POST", "PATCH") and body is None:
+        raise InvalidArgument(f"{method} needs a body: a JSON object or an array of objects")
+    if body is not None and not isinstance(body, dict | list):
+        raise InvalidArgument("body must be a JSON object or an array of objects")
+
+    async def waiting(delay: float, message: str) -> None:
+        if progress is not None:
+            await progress(0, None, message)
+
+    answer = await client.request(method, path, pairs, body, on_wait=waiting)
+    result: dict[str, Any] = {"status": answer.status, "method": method, "path": path}
+    if answer.request_id:
+        result["request_id"] = answer.request_id
+
+    if answer.body is None:
+        result["empty"] = True
+        if answer.status == 204:
+            result["note"] = (
+                "amoCRM answered 204 No Content: nothing matched (an empty list or no entity "
+                "with that id). This is not an error."
+            )
+        if method == "GET":
+            result["items"] = []
+            result["count"] = 0
+        return _finish(result, notes)
+
+    listing = list_items(answer.body)
+    if listing is None:
+        if method == "GET":
+            _cache(store, path, _single_entity(path), [answer.body])
+        result["data"] = _strip_links(answer.body)
+        return _finish(result, notes)
+
+    entity, items = listing
+    if method == "GET":
+        _cache(store, path, entity, items)
+    collected = list(items)
+    href = next_link(answer.body)
+    pages = 1
+    first_page = answer.body.get("_page")
+    while all_pages and href and pages < max_pages:
+        target = client.follow(href)
+        if target is None:
+            notes.append("paging stopped: the next link left the account's host")
+            break
+        if progress is not None:
+            await progress(pages, max_pages, f"fetched {len(collected)} {entity} in {pages} pages")
+        page = await client.request("GET", target[0], target[1], on_wait=waiting)
+        pages += 1
+        next_listing = list_items(page.body)
+        if next_listing is None:
+            href = None  # 204 or an empty page: the end
+            break
+        _cache(store, path, entity, next_listing[1])
+        collected.extend(next_listing[1])
+        href = next_link(page.body)
+
+    result.update({"entity": entity, "count": len(collected), "pages_fetched": pages})
+    if first_page is not None:
+        result["first_page"] = first_page
+    result["has_more"] = bool(href)
+    if href:
+        next_page = _page_of(href)
+        if next_page is not None:
+            result["next_page"] = next_page
+        if all_pages:
+            result["stopped_early"] = True
+            notes.append(
+                f"stopped after {pages} pages (max_pages); more remain: call again with "
+                f"query page={next_page} or narrow the filter"
+            )
+        else:
+            notes.append(
+                f"more {entity} remain: call again with query page={next_page} "
+                "or set all_pages=true"
+            )
+    result["items"] = _strip_links(collected)
+    return _finish(result, notes)
+
+
+def _finish(result: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Attach notes and cut the answer to a size a model can read."""
+    if notes:
+        result["notes"] = notes
+    if _size(result) <= MAX_ANSWER_CHARS:
+        return result
+    items = result.get("items")
+    if isinstance(items, list) and items:
+        budget = MAX_ANSWER_CHARS - _size({**result, "items": []}) - 400
+        kept, used = [], 0
+        for item in items:
+            used += _size(item) + 1
+            if used > budget:
+                break
+            kept.append(item)
+        result["items"] = kept
+        result["truncated"] = True
+        result.setdefault("notes", []).append(
+            f"answer cut to {len(kept)} of {len(items)} {result.get('entity', 'items')} to stay "
+            "readable (all were saved to the local store); ask for fewer with a smaller limit, "
+            "a filter, or a later page"
+        )
+        return result
+    text = json.dumps(result.get("data"), ensure_ascii=False, default=str)
+    result["data"] = None
+    result["data_preview"] = text[: MAX_ANSWER_CHARS - 2000]
+    result["truncated"] = True
+    result.setdefault("notes", []).append(
+        "the entity was too large to show whole; data_preview holds the beginning of its JSON. "
+        "Ask for fewer fields, e.g. without with=..."
+    )
+    return result

@@ -1,0 +1,236 @@
+"""The amoCRM API v4 client: one request, HAL lists, and the rules for safe paths and queries."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+
+from ..errors import AMOCRM, BadAnswer, InvalidArgument, amocrm_error
+from ..http import RetryPolicy, WaitCallback, build_client, rate_limiter, send
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v4/"
+MAX_LIMIT = 250
+METHODS = ("GET", "POST", "PATCH", "DELETE")
+
+_SAFE_PATH = re.compile(r"^/api/v4/[A-Za-z0-9_\-/]*$")
+
+
+@dataclass
+class Answer:
+    """One amoCRM response: status, parsed body (None when empty) and the request id."""
+
+    status: int
+    body: Any
+    request_id: str | None
+
+
+def api_path(path: str) -> str:
+    """Return ``/api/v4/...`` for a path the model gave, or raise InvalidArgument.
+
+    ``leads`` and ``/leads`` are read as ``/api/v4/leads``. Absolute URLs, other API versions,
+    the OAuth endpoints, ``..`` and query strings are refused.
+    """
+    text = (path or "").strip()
+    if not text:
+        raise InvalidArgument("path is empty: give an API path such as /api/v4/leads")
+    if "://" in text or text.startswith("//") or "\\" in text:
+        raise InvalidArgument(
+            "path must be a path on the configured account such as /api/v4/leads, "
+            "not a URL: the host is fixed by the server's settings"
+        )
+    if "?" in text or "#" in text:
+        raise InvalidArgument(
+            "path must not contain a query string: put parameters in `query`, "
+            'e.g. path="/api/v4/leads", query={"limit": 50}'
+        )
+    if not text.startswith("/"):
+        text = "/" + text
+    lowered = text.lower()
+    if lowered.startswith("/oauth") or "/oauth2" in lowered:
+        raise InvalidArgument("the OAuth endpoints are not available through this tool")
+    if not lowered.startswith("/api/"):
+        text = "/api/v4" + text
+    elif not lowered.startswith(API_PREFIX) and lowered != API_PREFIX.rstrip("/"):
+        raise InvalidArgument("only amoCRM API v4 is available: path must start with /api/v4/")
+    if ".." in text or "%" in text:
+        raise InvalidArgument("path must not contain '..' or percent-escapes")
+    text = re.sub(r"/{2,}", "/", text).rstrip("/")
+    if not _SAFE_PATH.match(text + "/"):
+        raise InvalidArgument(
+            "path may contain only letters, digits, '_', '-' and '/', like /api/v4/leads/123"
+        )
+    return text
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def flatten_query(query: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Encode a query the way amoCRM reads it.
+
+    Lists of scalars become ``key[]=a&key[]=b`` (``with`` becomes ``a,b``), lists of objects
+    become indexed (``filter[statuses][0][pipeline_id]``), nested objects become brackets.
+    Keys already in bracket form pass through unchanged.
+    """
+    pairs: list[tuple[str, str]] = []
+
+    def walk(key: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, Mapping):
+            for sub_key, sub_value in value.items():
+                walk(f"{key}[{sub_key}]", sub_value)
+        elif isinstance(value, list | tuple):
+            if key == "with":
+                pairs.append((key, ",".join(_scalar(v) for v in value)))
+            elif any(isinstance(v, Mapping | list | tuple) for v in value):
+                for index, item in enumerate(value):
+                    walk(f"{key}[{index}]", item)
+            else:
+                name = key if key.endswith("[]") else key + "[]"
+                pairs.extend((name, _scalar(v)) for v in value)
+        else:
+            pairs.append((key, _scalar(value)))
+
+    for key, value in query.items():
+        walk(str(key), value)
+    return pairs
+
+
+def check_query(path: str, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Clamp ``limit`` and refuse filters amoCRM silently ignores. Returns pairs and notes."""
+    notes = []
+    checked = []
+    for key, value in pairs:
+        if key == "limit":
+            try:
+                limit = int(value)
+            except ValueError:
+                raise InvalidArgument(f"limit must be a whole number (got {value!r})") from None
+            if limit > MAX_LIMIT:
+                # amoCRM answers a larger limit with 50 items per page, silently.
+                notes.append(f"limit {limit} was lowered to {MAX_LIMIT}, amoCRM's maximum")
+                value = str(MAX_LIMIT)
+            elif limit < 1:
+                raise InvalidArgument("limit must be between 1 and 250")
+        if path.rstrip("/") == "/api/v4/leads" and key.startswith("filter[status_id]"):
+            raise InvalidArgument(
+                "filter[status_id] is not a lead filter: amoCRM ignores it and returns leads of "
+                "every status. Use query {\"filter[statuses][0][pipeline_id]\": P, "
+                "\"filter[statuses][0][status_id]\": S} (one pair per index)."
+            )
+        checked.append((key, value))
+    return checked, notes
+
+
+def list_items(body: Any) -> tuple[str, list[Any]] | None:
+    """For a HAL list answer, its entity name and items; None for a single entity."""
+    if not isinstance(body, dict) or "id" in body:
+        return None
+    embedded = body.get("_embedded")
+    if not isinstance(embedded, dict):
+        return None
+    for name, items in embedded.items():
+        if isinstance(items, list):
+            return name, items
+    return None
+
+
+def next_link(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    href = ((body.get("_links") or {}).get("next") or {}).get("href")
+    return href if isinstance(href, str) and href else None
+
+
+class AmoCrmClient:
+    """Requests to one amoCRM account, all through one rate limit."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        rate_limit: float = 7.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_policy: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self._policy = retry_policy
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._http = build_client(
+            self.base_url, timeout, {"Accept": "application/hal+json"}, transport=transport
+        )
+        self._limiter = rate_limiter(rate_limit)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).netloc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        *,
+        on_wait: WaitCallback | None = None,
+    ) -> Answer:
+        """Send one request; raise a ServiceError for anything but 2xx."""
+        method = method.upper()
+        request = self._http.build_request(
+            method,
+            path,
+            params=query or None,
+            json=body if body is not None else None,
+            headers={"Authorization": f"Bearer {self._token}"},
+        )
+        response = await send(
+            self._http, request, service=AMOCRM, idempotent=method == "GET",
+            limiter=self._limiter, on_wait=on_wait, policy=self._policy,
+        )
+        request_id = response.headers.get("x-request-id")
+        logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
+        if response.status_code >= 300:
+            raise amocrm_error(response)
+        if response.status_code == 204 or not response.content.strip():
+            return Answer(response.status_code, None, request_id)
+        try:
+            parsed = response.json()
+        except ValueError:
+            if response.status_code == 202:
+                return Answer(response.status_code, None, request_id)
+            raise BadAnswer(
+                AMOCRM, "the answer is not JSON", status=response.status_code,
+                request_id=request_id,
+            ) from None
+        return Answer(response.status_code, parsed, request_id)
+
+    def follow(self, href: str) -> tuple[str, list[tuple[str, str]]] | None:
+        """Path and query of a ``_links.next`` href, if it stays on this account's host."""
+        parts = urlsplit(href)
+        if parts.netloc and parts.netloc != self.host:
+            logger.warning("amoCRM next link points to another host; paging stopped")
+            return None
+        try:
+            path = api_path(parts.path)
+        except InvalidArgument:
+            return None
+        return path, parse_qsl(parts.query, keep_blank_values=True)

@@ -1,0 +1,149 @@
+"""Command line: ``serve`` (the default) runs the MCP server over stdio; ``sandbox`` runs emulators.
+
+Logging is configured here and only here. stdout belongs to the MCP protocol while serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from . import __version__, logs
+from .config import ConfigError, Settings, load_settings
+
+logger = logging.getLogger("tariti_mcp")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tariti-mcp",
+        description="MCP tool server for amoCRM and Moizvonki, with a SQLite cache.",
+    )
+    parser.add_argument("--version", action="version", version=f"tariti-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the MCP server over stdio (the default)")
+    serve.add_argument("--env-file", help="env file to read (after the environment)")
+    serve.add_argument(
+        "--sandbox", action="store_true",
+        help="start local emulators of both APIs in this process and use them",
+    )
+    serve.add_argument("--db", help="database file (default: TARITI_DB_PATH)")
+    _sandbox_options(serve)
+
+    sandbox = commands.add_parser(
+        "sandbox", help="run only the API emulators and print the settings that point at them"
+    )
+    _sandbox_options(sandbox)
+    sandbox.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    sandbox.add_argument("--amocrm-port", type=int, default=0, help="0 picks a free port")
+    sandbox.add_argument("--moizvonki-port", type=int, default=0, help="0 picks a free port")
+    return parser
+
+
+def _sandbox_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=1, help="same seed, same data (default 1)")
+    parser.add_argument(
+        "--calls", type=int, default=3000, help="how many calls to generate (default 3000)"
+    )
+    parser.add_argument(
+        "--days", type=int, default=60, help="days of call history to generate (default 60)"
+    )
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"tariti-mcp: {message}\n")
+    sys.stderr.flush()
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.env_file)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logs.configure(settings.log_level, settings.secrets())
+
+    sandbox = None
+    scratch = None
+    if args.sandbox:
+        from .sandbox import Sandbox
+
+        sandbox = Sandbox(seed=args.seed, calls=args.calls, days=args.days)
+        sandbox.start()
+        scratch = Path(tempfile.mkdtemp(prefix="tariti-sandbox-"))
+        # Sandbox data never goes into the real database.
+        db_path = Path(args.db) if args.db else scratch / "sandbox.db"
+        settings = Settings(**{**settings.model_dump(), **_lower(sandbox.env), "db_path": db_path})
+        logs.configure(settings.log_level, settings.secrets())
+        logger.warning(
+            "sandbox mode: amoCRM emulator at %s, Moizvonki emulator at %s, database %s",
+            sandbox.amocrm_url, sandbox.moizvonki_url, db_path,
+        )
+    elif args.db:
+        settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
+
+    from .server import create_server
+
+    for service, missing in (("amoCRM", settings.missing_amocrm()),
+                             ("Moizvonki", settings.missing_moizvonki())):
+        if missing:
+            logger.warning("%s is not configured (set %s); its tools will say so",
+                           service, ", ".join(missing))
+    try:
+        create_server(settings).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _lower(env: dict[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in env.items()}
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import Sandbox
+
+    logs.configure("INFO")
+    sandbox = Sandbox(
+        seed=args.seed, calls=args.calls, days=args.days, host=args.host,
+        amocrm_port=args.amocrm_port, moizvonki_port=args.moizvonki_port,
+    )
+    try:
+        sandbox.start()
+    except OSError as exc:
+        return _fail(f"cannot start the emulators: {exc.strerror or exc}")
+    for key, value in sandbox.env.items():
+        sys.stdout.write(f"{key}={value}\n")
+    sys.stdout.flush()
+    logger.info("emulators running; press Ctrl-C to stop")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+    return 0
+
+
+COMMANDS = ("serve", "sandbox")
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or (words[0] not in COMMANDS and words[0] not in ("-h", "--help", "--version")):
+        words = ["serve", *words]
+    args = _parser().parse_args(words)
+    if args.command == "sandbox":
+        return _sandbox(args)
+    return _serve(args)

@@ -1,0 +1,269 @@
+"""Settings from the environment and env files, with the names the TaritiGPT backend uses.
+
+Precedence: process environment, then the file named by ``--env-file`` or ``TARITI_ENV_FILE``,
+then ``.env``, then ``backend/.env`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AMOCRM_HOST_SUFFIXES = (".amocrm.ru", ".amocrm.com", ".kommo.com")
+MOIZVONKI_DEFAULT_URL = "https://app.moizvonki.ru/api/v1"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+_SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; its message is one line naming the variable and the fix."""
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("tariti-mcp", appauthor=False)) / "tariti.db"
+
+
+def _is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _describe(url: str) -> str:
+    """The URL as safe to echo in an error: scheme, host and path, no user info or query."""
+    parts = urlsplit(url if "://" in url else "//" + url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme + '://' if parts.scheme else ''}{host}{port}{parts.path}"
+
+
+def normalize_amocrm_url(raw: str) -> str:
+    """Return ``https://sub.amocrm.ru`` style origin, or raise ConfigError.
+
+    Accepts the account host with or without scheme and a trailing ``/api/v4``; loopback over
+    plain http is allowed for the sandbox and tests.
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text if "://" in text else "https://" + text)
+    try:
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"AMOCRM_BASE_URL has an invalid port ({_describe(text)!r})") from exc
+    path = parts.path.rstrip("/")
+    if path not in ("", "/api/v4") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(
+            "AMOCRM_BASE_URL must be the account address only, like https://mycompany.amocrm.ru "
+            f"(got {_describe(text)!r})"
+        )
+    if _is_loopback(host):
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(f"AMOCRM_BASE_URL must use http or https (got {_describe(text)!r})")
+        netloc = f"[{host}]" if ":" in host else host
+        return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}"
+    if parts.scheme != "https":
+        raise ConfigError(f"AMOCRM_BASE_URL must use https (got {_describe(text)!r})")
+    suffix = next((s for s in AMOCRM_HOST_SUFFIXES if host.endswith(s)), None)
+    subdomain = host[: -len(suffix)] if suffix else ""
+    if not suffix or not _SUBDOMAIN.match(subdomain) or subdomain == "www" or port not in (None, 443):
+        raise ConfigError(
+            "AMOCRM_BASE_URL must be your account's own host, https://<subdomain>.amocrm.ru, "
+            f".amocrm.com or .kommo.com (got {_describe(text)!r})"
+        )
+    return f"https://{host}"
+
+
+def normalize_moizvonki_url(raw: str) -> str:
+    """Return the account's API URL ``https://acct.moizvonki.ru/api/v1``, or raise ConfigError.
+
+    Accepts a bare account name, ``acct.moizvonki.ru``, or the full API URL; loopback over plain
+    http is allowed for the sandbox and tests. The key travels in request bodies, so any host
+    outside moizvonki.ru is refused.
+    """
+    text = raw.strip()
+    if not text:
+        return MOIZVONKI_DEFAULT_URL
+    if _SUBDOMAIN.match(text.lower()):
+        return f"https://{text.lower()}.moizvonki.ru/api/v1"
+    parts = urlsplit(text if "://" in text else "https://" + text)
+    try:
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"MOIZVONKI_BASE_URL has an invalid port ({_describe(text)!r})") from exc
+    path = parts.path.rstrip("/")
+    if path not in ("", "/api/v1") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(
+            "MOIZVONKI_BASE_URL must be an account name, <account>.moizvonki.ru or "
+            f"https://<account>.moizvonki.ru/api/v1 (got {_describe(text)!r})"
+        )
+    if _is_loopback(host):
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(f"MOIZVONKI_BASE_URL must use http or https (got {_describe(text)!r})")
+        netloc = f"[{host}]" if ":" in host else host
+        return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}/api/v1"
+    account = host[: -len(".moizvonki.ru")] if host.endswith(".moizvonki.ru") else ""
+    if parts.scheme != "https" or not _SUBDOMAIN.match(account) or port not in (None, 443):
+        raise ConfigError(
+            "MOIZVONKI_BASE_URL must be on moizvonki.ru over https, like "
+            f"https://<account>.moizvonki.ru/api/v1 (got {_describe(text)!r})"
+        )
+    return f"https://{host}/api/v1"
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        env_ignore_empty=True,
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    amocrm_base_url: str = Field("", validation_alias="AMOCRM_BASE_URL")
+    amocrm_api_key: SecretStr = Field(SecretStr(""), validation_alias="AMOCRM_API_KEY")
+    amocrm_max_pages: int = Field(20, ge=1, le=200, validation_alias="AMOCRM_MAX_PAGES")
+    amocrm_rate_limit: float = Field(7.0, gt=0, le=7.0, validation_alias="AMOCRM_RATE_LIMIT")
+
+    moizvonki_base_url: str = Field("", validation_alias="MOIZVONKI_BASE_URL")
+    moizvonki_user: str = Field("", validation_alias="MOIZVONKI_USER")
+    moizvonki_api_key: SecretStr = Field(SecretStr(""), validation_alias="MOIZVONKI_API_KEY")
+
+    db_path: Path = Field(default_factory=default_db_path, validation_alias="TARITI_DB_PATH")
+    timezone: str = Field("Europe/Moscow", validation_alias="TARITI_TIMEZONE")
+    default_region: str = Field("RU", validation_alias="TARITI_DEFAULT_REGION")
+    log_level: str = Field("WARNING", validation_alias="TARITI_LOG_LEVEL")
+    http_timeout: float = Field(30.0, gt=0, le=300, validation_alias="TARITI_HTTP_TIMEOUT")
+    analytics_freshness: float = Field(
+        60.0, ge=0, validation_alias=AliasChoices("TARITI_ANALYTICS_FRESHNESS")
+    )
+
+    @field_validator("amocrm_base_url")
+    @classmethod
+    def _amocrm_url(cls, value: str) -> str:
+        return normalize_amocrm_url(value)
+
+    @field_validator("moizvonki_base_url")
+    @classmethod
+    def _moizvonki_url(cls, value: str) -> str:
+        return normalize_moizvonki_url(value)
+
+    @field_validator("moizvonki_user")
+    @classmethod
+    def _strip_user(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("amocrm_api_key", "moizvonki_api_key")
+    @classmethod
+    def _strip_secret(cls, value: SecretStr) -> SecretStr:
+        # A key pasted with a trailing newline is the most common auth failure.
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(
+                f"TARITI_TIMEZONE must be an IANA zone like Europe/Moscow (got {value!r})"
+            ) from exc
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
+            raise ConfigError(f"TARITI_DEFAULT_REGION must be a two-letter country code (got {value!r})")
+        return value.strip().upper()
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"TARITI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {value!r})")
+        return level
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def amocrm_configured(self) -> bool:
+        return bool(self.amocrm_base_url and self.amocrm_api_key.get_secret_value())
+
+    @property
+    def moizvonki_configured(self) -> bool:
+        return bool(self.moizvonki_user and self.moizvonki_api_key.get_secret_value())
+
+    def missing_amocrm(self) -> list[str]:
+        missing = []
+        if not self.amocrm_base_url:
+            missing.append("AMOCRM_BASE_URL")
+        if not self.amocrm_api_key.get_secret_value():
+            missing.append("AMOCRM_API_KEY")
+        return missing
+
+    def missing_moizvonki(self) -> list[str]:
+        missing = []
+        if not self.moizvonki_user:
+            missing.append("MOIZVONKI_USER")
+        if not self.moizvonki_api_key.get_secret_value():
+            missing.append("MOIZVONKI_API_KEY")
+        return missing
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for log redaction."""
+        return [
+            value
+            for value in (
+                self.amocrm_api_key.get_secret_value(),
+                self.moizvonki_api_key.get_secret_value(),
+            )
+            if value
+        ]
+
+
+def env_files(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> list[Path]:
+    """The env files to read, lowest precedence first (pydantic-settings lets later files win)."""
+    base = cwd or Path.cwd()
+    files = [base / "backend" / ".env", base / ".env"]
+    named = explicit or os.environ.get("TARITI_ENV_FILE")
+    if named:
+        files.append(Path(named).expanduser())
+    return files
+
+
+def load_settings(
+    env_file: str | os.PathLike[str] | None = None, **overrides: Any
+) -> Settings:
+    """Read settings; raise ConfigError with one line naming the bad variable."""
+    files = env_files(env_file)
+    named = env_file or os.environ.get("TARITI_ENV_FILE")
+    if named and not Path(named).expanduser().is_file():
+        raise ConfigError(f"env file {str(named)!r} does not exist")
+    try:
+        return Settings(_env_file=[f for f in files if f.is_file()] or None, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigError):
+        return str(cause)
+    field = ".".join(str(part) for part in error["loc"]) or "setting"
+    # The rejected input is not echoed: it may be a secret.
+    return f"{field.upper()}: {error['msg']}"

@@ -1,0 +1,75 @@
+"""Logging to stderr, one line per event, with every known secret masked.
+
+Only the command-line entry point calls :func:`configure`; modules just take a logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+
+MASK = "***"
+
+# Shapes that are secret whatever their value: bearer tokens, keys in JSON or query strings.
+_PATTERNS = [
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + MASK),
+    (
+        re.compile(
+            r"(?i)([\"']?(?:api_key|access_token|refresh_token|client_secret)[\"']?\s*[:=]\s*[\"']?)"
+            r"[^\"'&\s,}]+"
+        ),
+        r"\1" + MASK,
+    ),
+]
+
+
+class Redactor:
+    """Masks registered secret values and secret-shaped fragments in text."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # Very short values would mask ordinary words; real keys are long.
+        self._secrets.update(s for s in secrets if s and len(s) >= 6)
+
+    def __call__(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+redact = Redactor()
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        # One event, one line: a newline in untrusted text must not forge a second record.
+        return redact(text).replace("\r", "\\r").replace("\n", "\n    ")
+
+
+def configure(level: str = "WARNING", secrets: Iterable[str] = ()) -> None:
+    """Send every log record to stderr; call before the MCP server is built.
+
+    The SDK calls ``logging.basicConfig`` when a server is constructed; because the root logger
+    already has our handler by then, that call does nothing.
+    """
+    redact.add(secrets)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # At INFO these libraries print every URL, query strings included.
+    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,236 @@
+"""What the two Moizvonki tools do: any action with checked parameters, and period analytics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..errors import InvalidArgument, ServiceError
+from ..store import Store
+from . import analytics
+from .client import ACTIONS, PAGED_ACTIONS, MoizvonkiClient
+from .sync import CALLS, sync_calls, sync_employees
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+MAX_ANSWER_CHARS = 60_000
+
+# Parameter names each action takes. An unknown name is silently ignored by Moizvonki (and the
+# same first page comes back forever), so it is refused here. None: not documented, not checked.
+PARAMETERS: dict[str, frozenset[str] | None] = {
+    "calls.list": frozenset(
+        {"from_date", "to_date", "from_id", "from_offset", "max_results", "supervised"}
+    ),
+    "calls.get_sms_templates": frozenset(),
+    "calls.make_call": frozenset({"to"}),
+    "calls.send_sms": frozenset({"to", "text"}),
+    "webhook.list": frozenset(),
+    "webhook.subscribe": frozenset({"hooks"}),
+    "webhook.unsubscribe": frozenset({"hooks"}),
+    "company.list_employee": frozenset(
+        {"max_results", "from_offset", "employee_user_name", "employee_id"}
+    ),
+    "company.list_group": frozenset({"max_results", "from_offset"}),
+    "company.create_employee": None,
+    "company.activate_employee": None,
+    "company.delete_employee": frozenset({"employee_user_name", "employee_id"}),
+}
+_REQUIRED = {
+    "calls.make_call": ("to",),
+    "calls.send_sms": ("to", "text"),
+    "webhook.subscribe": ("hooks",),
+    "webhook.unsubscribe": ("hooks",),
+}
+
+
+def _unix(value: Any, name: str, zone: ZoneInfo) -> int:
+    """Unix seconds from a number or an ISO date/datetime read in the business time zone."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be Unix seconds or an ISO date")
+    if isinstance(value, int | float):
+        return int(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{name} must be Unix seconds or an ISO date like 2026-12-01 (got {text!r})"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return int(moment.timestamp())
+
+
+def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+    if action not in ACTIONS:
+        raise InvalidArgument(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
+    allowed = PARAMETERS[action]
+    if allowed is not None:
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            accepted = ", ".join(sorted(allowed)) or "none"
+            raise InvalidArgument(
+                f"{action} does not take {', '.join(unknown)} (Moizvonki would ignore it "
+                f"silently); it takes: {accepted}"
+            )
+    missing = [name for name in _REQUIRED.get(action, ()) if params.get(name) in (None, "")]
+    if missing:
+        raise InvalidArgument(f"{action} needs {', '.join(missing)}")
+    checked = dict(params)
+    if action == "calls.list":
+        if "from_date" not in checked and "from_id" not in checked:
+            raise InvalidArgument(
+                "calls.list needs from_date (Unix seconds or ISO date) or from_id (a db_call_id)"
+            )
+        for name in ("from_date", "to_date"):
+            if name in checked:
+                checked[name] = _unix(checked[name], name, zone)
+        for name in ("from_id", "from_offset", "max_results"):
+            if name in checked:
+                try:
+                    checked[name] = int(checked[name])
+                except (TypeError, ValueError):
+                    raise InvalidArgument(f"{name} must be a whole number") from None
+        if "max_results" in checked and not 1 <= checked["max_results"] <= 100:
+            raise InvalidArgument("max_results must be between 1 and 100")
+        checked.setdefault("supervised", 1)
+    return checked
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, default=str))
+
+
+async def call_action(
+    client: MoizvonkiClient,
+    store: Store | None,
+    action: str,
+    params: dict[str, Any],
+    zone: ZoneInfo,
+    *,
+    all_pages: bool = False,
+    max_pages: int = 20,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    checked = check_params(action, params, zone)
+    result: dict[str, Any] = {"action": action}
+
+    async def waiting(delay: float, message: str) -> None:
+        if progress is not None:
+            await progress(0, None, message)
+
+    if action not in PAGED_ACTIONS:
+        result["answer"] = await client.call(action, checked, on_wait=waiting)
+        return result
+
+    pages = max_pages if all_pages else 1
+    results: list[Any] = []
+    last: dict[str, Any] = {}
+    fetched = 0
+    async for page in client.pages(action, checked, max_pages=pages, on_wait=waiting):
+        fetched += 1
+        last = page
+        rows = [r for r in page.get("results") or [] if isinstance(r, dict)]
+        if store is not None and action == "calls.list":
+            store.upsert_calls(rows)
+        elif store is not None and action == "company.list_employee":
+            store.upsert_employees(rows)
+        results.extend(rows)
+        if progress is not None and all_pages:
+            remains = int(page.get("results_remains") or 0)
+            await progress(len(results), len(results) + remains, f"fetched {len(results)} rows")
+
+    remains = int(last.get("results_remains") or 0)
+    next_offset = int(last.get("results_next_offset") or 0)
+    result.update({"count": len(results), "pages_fetched": fetched, "results_remains": remains})
+    notes = []
+    if remains and next_offset:
+        result["next_offset"] = next_offset
+        notes.append(
+            f"{remains} more rows remain: call again with params from_offset={next_offset} "
+            "(assign it, do not add it) or set all_pages=true"
+        )
+    result["results"] = results
+    if _size(result) > MAX_ANSWER_CHARS:
+        kept: list[Any] = []
+        budget = MAX_ANSWER_CHARS - _size({**result, "results": []}) - 400
+        used = 0
+        for row in results:
+            used += _size(row) + 1
+            if used > budget:
+                break
+            kept.append(row)
+        result["results"] = kept
+        result["truncated"] = True
+        notes.append(
+            f"answer cut to {len(kept)} of {len(results)} rows to stay readable (all were saved "
+            "to the local store); for call statistics use get_moizvonki_analytics"
+        )
+    if notes:
+        result["notes"] = notes
+    return result
+
+
+def _iso(timestamp: int | None, zone: ZoneInfo) -> str | None:
+    if not timestamp:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, zone).isoformat(timespec="seconds")
+
+
+async def analytics_report(
+    client: MoizvonkiClient,
+    store: Store,
+    zone: ZoneInfo,
+    date_from: str,
+    date_to: str,
+    *,
+    freshness: float = 60.0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Sync what the period needs (unless synced moments ago), then compute from the store."""
+    first, last = analytics.period(date_from, date_to, zone)
+    since = analytics.day_start(first, zone)
+    state = store.sync_state(CALLS)
+    warnings: list[str] = []
+    fresh = (
+        state.get("covered_from") is not None
+        and state["covered_from"] <= since
+        and time.time() - (state.get("last_synced_at") or 0) < freshness
+    )
+    if not fresh:
+        try:
+            await sync_calls(client, store, since=since, progress=progress)
+            warning = await sync_employees(client, store)
+            if warning:
+                warnings.append(warning)
+        except ServiceError as exc:
+            covered = state.get("covered_from")
+            if covered is None or covered > since:
+                raise
+            warnings.append(f"could not sync new calls, figures are from the last sync: {exc}")
+    state = store.sync_state(CALLS)
+
+    now = int(time.time())
+    end = analytics.day_start(last + dt.timedelta(days=1), zone)
+    result: dict[str, Any] = {
+        "period": {
+            "date_from": first.isoformat(),
+            "date_to": last.isoformat(),
+            "timezone": zone.key,
+            "covered_from": _iso(since, zone),
+            "covered_to": _iso(min(end, now), zone),
+        },
+        "synced_at": _iso(state.get("last_synced_at"), zone),
+    }
+    result.update(analytics.compute(store, first, last, zone))
+    if warnings:
+        result["warnings"] = warnings
+    return result

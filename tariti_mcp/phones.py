@@ -1,0 +1,53 @@
+"""Phone numbers: normalisation with phonenumbers, and the last-ten-digits rule both APIs match by.
+
+``+7 916 …``, ``8 916 …``, ``7916…`` and ``916…`` are one Russian line; amoCRM places calls
+and Moizvonki integrations compare numbers by their last ten digits.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+_NON_DIGITS = re.compile(r"\D")
+
+
+def digits(raw: str | int | None) -> str:
+    return _NON_DIGITS.sub("", str(raw or ""))
+
+
+def last10(raw: str | int | None) -> str | None:
+    """The last ten digits, or None when the number is too short to match anything."""
+    only = digits(raw)
+    return only[-10:] if len(only) >= 10 else None
+
+
+def normalize(raw: str, region: str = "RU") -> str | None:
+    """Return the number in E.164 (``+79161234567``), or None when it is not a valid number.
+
+    A Russian trunk prefix ``8`` and a bare ten-digit national number are read as ``+7``.
+    """
+    text = (raw or "").strip()
+    if not text:
+        return None
+    only = digits(text)
+    if region == "RU" and not text.startswith("+"):
+        # phonenumbers reads "89161234567" correctly, but "79161234567" without a plus
+        # would be taken as a national number; both are +7 in practice.
+        if len(only) == 11 and only[0] in "78":
+            text = "+7" + only[1:]
+        elif len(only) == 10:
+            text = "+7" + only
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def same_line(a: str | None, b: str | None) -> bool:
+    left, right = last10(a), last10(b)
+    return left is not None and left == right

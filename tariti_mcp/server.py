@@ -1,0 +1,323 @@
+"""The MCP server: four thin tools over the amoCRM and Moizvonki services and the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from . import __version__
+from .amocrm import leads as amocrm_leads
+from .amocrm.api import call_api
+from .amocrm.client import AmoCrmClient
+from .config import Settings
+from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
+from .moizvonki.api import analytics_report, call_action
+from .moizvonki.client import MoizvonkiClient
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Tools for a sales team's amoCRM account and its Moizvonki call log.
+- call_amocrm_api: any amoCRM API v4 request. Lists come back as items with paging facts.
+- forward_lead_to_amocrm: turn an inbound lead into an amoCRM deal with its contact, once.
+- call_moizvonki_api: any Moizvonki action; credentials are added by the server.
+- get_moizvonki_analytics: call statistics for a period; prefer it over listing calls.
+Errors say what to change; a write whose outcome is unknown must be checked before resending."""
+
+MoizvonkiAction = Literal[
+    "calls.list",
+    "calls.get_sms_templates",
+    "calls.make_call",
+    "calls.send_sms",
+    "webhook.list",
+    "webhook.subscribe",
+    "webhook.unsubscribe",
+    "company.list_employee",
+    "company.list_group",
+    "company.create_employee",
+    "company.activate_employee",
+    "company.delete_employee",
+]
+
+
+@dataclass
+class AppState:
+    """What every tool call reaches through the lifespan context."""
+
+    settings: Settings
+    store: Store
+    amocrm: AmoCrmClient | None
+    moizvonki: MoizvonkiClient | None
+
+    def require_amocrm(self) -> AmoCrmClient:
+        if self.amocrm is None:
+            raise NotConfigured(AMOCRM, self.settings.missing_amocrm())
+        return self.amocrm
+
+    def require_moizvonki(self) -> MoizvonkiClient:
+        if self.moizvonki is None:
+            raise NotConfigured(MOIZVONKI, self.settings.missing_moizvonki())
+        return self.moizvonki
+
+
+@contextmanager
+def _as_tool_errors() -> Iterator[None]:
+    """Every anticipated failure reaches the model as its own message, marked as an error."""
+    try:
+        yield
+    except TaritiError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def _state(ctx: Context) -> AppState:
+    return ctx.request_context.lifespan_context
+
+
+def _progress(ctx: Context):
+    async def report(done: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(done, total, message)
+
+    return report
+
+
+def _json_argument(value: Any, name: str) -> Any:
+    """Models sometimes send an object as JSON text; read it back rather than refuse."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise InvalidArgument(f"{name} must be a JSON object or array, not text") from None
+    return value
+
+
+def create_server(settings: Settings, *, store: Store | None = None) -> MCPServer:
+    """Build the server. ``store`` overrides ``settings.db_path`` (tests pass an in-memory one)."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
+        own_store = store is None
+        database = store if store is not None else Store(settings.db_path)
+        amocrm = None
+        if settings.amocrm_configured:
+            amocrm = AmoCrmClient(
+                settings.amocrm_base_url, settings.amocrm_api_key.get_secret_value(),
+                timeout=settings.http_timeout, rate_limit=settings.amocrm_rate_limit,
+            )
+        moizvonki = None
+        if settings.moizvonki_configured:
+            moizvonki = MoizvonkiClient(
+                settings.moizvonki_base_url, settings.moizvonki_user,
+                settings.moizvonki_api_key.get_secret_value(), timeout=settings.http_timeout,
+            )
+        try:
+            yield AppState(settings, database, amocrm, moizvonki)
+        finally:
+            for client in (amocrm, moizvonki):
+                if client is not None:
+                    await client.aclose()
+            if own_store:
+                database.close()
+
+    server = MCPServer(
+        "tariti-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=settings.log_level,  # type: ignore[arg-type]
+    )
+
+    @server.tool(
+        title="amoCRM API request",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+            open_world_hint=True,
+        ),
+    )
+    async def call_amocrm_api(
+        *,
+        method: Annotated[
+            Literal["GET", "POST", "PATCH", "DELETE"],
+            Field(description="HTTP method. GET reads; POST creates; PATCH updates."),
+        ] = "GET",
+        path: Annotated[
+            str,
+            Field(description="API path under /api/v4/, e.g. /api/v4/leads or /api/v4/leads/123. "
+                  "No host, no query string."),
+        ],
+        query: Annotated[
+            dict[str, Any],
+            Field(description='Query parameters, e.g. {"limit": 50, "query": "Иванов", '
+                  '"with": "contacts", "filter[statuses][0][pipeline_id]": 123, '
+                  '"filter[statuses][0][status_id]": 456}. Lists become key[]=v.'),
+        ] = {},
+        body: Annotated[
+            Any,
+            Field(description="JSON body for POST/PATCH: an object, or an array of objects "
+                  "(amoCRM creates and updates in arrays)."),
+        ] = None,
+        all_pages: Annotated[
+            bool, Field(description="For lists: follow _links.next over all pages, up to max_pages.")
+        ] = False,
+        max_pages: Annotated[
+            int, Field(description="Page cap when all_pages is true.", ge=1, le=200)
+        ] = 10,
+        ctx: Context,
+    ) -> dict[str, Any]:
+        """Send one request to the amoCRM API v4 (leads, contacts, companies, pipelines, users,
+        tasks, notes...). Lists return `items` plus `has_more`/`next_page`; to get more, call
+        again with query page=N or set all_pages. Limit is at most 250 per page. 204 means
+        nothing matched and is not an error. Lead status filter: filter[statuses][0][pipeline_id]
+        and filter[statuses][0][status_id]. All timestamps are Unix seconds. Send only the
+        fields you change in PATCH. POST/PATCH/DELETE change the CRM: never repeat one whose
+        outcome was unknown without checking first."""
+        state = _state(ctx)
+        with _as_tool_errors():
+            client = state.require_amocrm()
+            cap = min(max_pages, state.settings.amocrm_max_pages)
+            return await call_api(
+                client, state.store, method, path, query, _json_argument(body, "body"),
+                all_pages=all_pages, max_pages=cap, progress=_progress(ctx),
+            )
+
+    @server.tool(
+        title="Forward a lead to amoCRM",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+            open_world_hint=True,
+        ),
+    )
+    async def forward_lead_to_amocrm(
+        name: Annotated[str, Field(description="The person's name.")] = "",
+        phone: Annotated[
+            str, Field(description="Phone in any common format: +7 916 123-45-67, 8 916 ...")
+        ] = "",
+        email: Annotated[str, Field(description="E-mail address.")] = "",
+        message: Annotated[
+            str, Field(description="What the person wrote or asked; saved as a note on the deal.")
+        ] = "",
+        source: Annotated[
+            str, Field(description="Where the lead came from, e.g. 'site form', 'Telegram'.")
+        ] = "",
+        external_id: Annotated[
+            str, Field(description="Your id for this lead (form submission id, chat id). The "
+                       "same external_id forwarded again returns the first result and creates "
+                       "nothing. Strongly recommended.")
+        ] = "",
+        price: Annotated[int, Field(description="Deal value, whole units of the account's "
+                                    "currency.", ge=0)] = 0,
+        pipeline_id: Annotated[
+            int, Field(description="Pipeline id; 0 = the account's main pipeline.", ge=0)
+        ] = 0,
+        status_id: Annotated[
+            int, Field(description="Status id within that pipeline; 0 = its first stage.", ge=0)
+        ] = 0,
+        tags: Annotated[list[str], Field(description="Tag names for the deal.")] = [],
+        lead_name: Annotated[
+            str, Field(description="Deal title; default '<source>: <name>'.")
+        ] = "",
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Turn an inbound lead into an amoCRM deal linked to its contact. Needs phone or email.
+        An existing contact with the same phone (compared by its last 10 digits, so +7/8 formats
+        match) or e-mail is reused and never modified; otherwise a new contact is created.
+        Returns lead_id, contact_id, contact_existed and lead_url (the deal in amoCRM's web
+        app). Pass external_id so a repeated call cannot create a second deal."""
+        state = _state(ctx)
+        with _as_tool_errors():
+            client = state.require_amocrm()
+            lead = amocrm_leads.prepare(
+                name=name, phone=phone, email=email, message=message, source=source,
+                external_id=external_id, price=price, pipeline_id=pipeline_id,
+                status_id=status_id, tags=tags, lead_name=lead_name,
+                region=state.settings.default_region,
+            )
+            return await amocrm_leads.forward(client, state.store, lead)
+
+    @server.tool(
+        title="Moizvonki API action",
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+            open_world_hint=True,
+        ),
+    )
+    async def call_moizvonki_api(
+        action: Annotated[
+            MoizvonkiAction,
+            Field(description="The Moizvonki action. calls.make_call rings the configured "
+                  "user's phone; calls.send_sms sends from it; company.* and webhook.* need an "
+                  "administrator; company.delete_employee deletes the user AND all their calls."),
+        ],
+        params: Annotated[
+            dict[str, Any],
+            Field(description="Action parameters at top level, without credentials. calls.list: "
+                  "from_date/to_date (Unix seconds or ISO date), or from_id (a db_call_id, "
+                  "inclusive); from_offset; max_results 1-100. calls.make_call: to. "
+                  "calls.send_sms: to, text."),
+        ] = {},
+        all_pages: Annotated[
+            bool, Field(description="For list actions: follow results_next_offset over all "
+                        "pages, up to max_pages.")
+        ] = False,
+        max_pages: Annotated[int, Field(description="Page cap for all_pages.", ge=1, le=500)] = 20,
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Run one Moizvonki API action; the server adds the login and key. Calls: direction 0
+        is incoming, 1 outgoing; `answered` (not duration) says whether it was answered; times
+        are Unix seconds UTC. For counts and durations use get_moizvonki_analytics instead of
+        listing calls. make_call and send_sms act on a real phone: never repeat one whose
+        outcome was unknown."""
+        state = _state(ctx)
+        with _as_tool_errors():
+            client = state.require_moizvonki()
+            return await call_action(
+                client, state.store, action, _json_argument(params, "params") or {},
+                state.settings.zone, all_pages=all_pages, max_pages=max_pages,
+                progress=_progress(ctx),
+            )
+
+    @server.tool(
+        title="Call analytics (Moizvonki)",
+        annotations=ToolAnnotations(
+            read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+            open_world_hint=True,
+        ),
+    )
+    async def get_moizvonki_analytics(
+        date_from: Annotated[
+            str, Field(description="First day, ISO date (2026-12-01), inclusive. Empty: today.")
+        ] = "",
+        date_to: Annotated[
+            str, Field(description="Last day, ISO date, inclusive. Empty: today.")
+        ] = "",
+        ctx: Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Call statistics for whole days in the business time zone, from the synced call log.
+        Both dates inclusive; no dates = today; only date_from = from then to today; only
+        date_to = that one day. At most 366 days. A call
+        counts on the day it started. total_calls = incoming + outgoing. answered/missed come
+        from the answered flag (missed = not answered, either direction). by_status splits
+        incoming_answered, incoming_missed, outgoing_answered, outgoing_missed (outgoing calls
+        nobody picked up). total_duration_seconds and avg_duration_seconds are talk time of
+        answered calls. by_day is keyed by date; by_employee lists each employee's calls."""
+        state = _state(ctx)
+        with _as_tool_errors():
+            client = state.require_moizvonki()
+            return await analytics_report(
+                client, state.store, state.settings.zone, date_from, date_to,
+                freshness=state.settings.analytics_freshness, progress=_progress(ctx),
+            )
+
+    return server

@@ -1,0 +1,386 @@
+"""The SQLite database dashboards read: amoCRM entities, forwarded leads, Moizvonki calls.
+
+One row per entity id, plain columns for what a widget needs and the raw JSON beside them.
+The schema is versioned with ``PRAGMA user_version`` and migrated when the file is opened;
+docs/store.md is the contract for dashboard authors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from . import phones
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _int(value: Any) -> int | None:
+    """Tolerant integer: the APIs send numbers, numeric strings, empty strings or nothing."""
+    if value is None or value == "" or isinstance(value, bool | dict | list):
+        return int(value) if isinstance(value, bool) else None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    entity = {"raw": str, "fetched_at": int}
+    db["amocrm_leads"].create(
+        {
+            "id": int, "name": str, "price": int, "pipeline_id": int, "status_id": int,
+            "responsible_user_id": int, "contact_id": int, "company_id": int, "tags": str,
+            "created_at": int, "updated_at": int, "closed_at": int, "is_deleted": int, **entity,
+        },
+        pk="id",
+    )
+    db["amocrm_leads"].create_index(["pipeline_id", "status_id"])
+    db["amocrm_leads"].create_index(["created_at"])
+    db["amocrm_contacts"].create(
+        {
+            "id": int, "name": str, "first_name": str, "last_name": str,
+            "responsible_user_id": int, "phones": str, "phone_last10": str, "emails": str,
+            "created_at": int, "updated_at": int, **entity,
+        },
+        pk="id",
+    )
+    db["amocrm_companies"].create(
+        {"id": int, "name": str, "responsible_user_id": int, "created_at": int,
+         "updated_at": int, **entity},
+        pk="id",
+    )
+    db["amocrm_pipelines"].create(
+        {"id": int, "name": str, "sort": int, "is_main": int, "is_archive": int, **entity},
+        pk="id",
+    )
+    db["amocrm_statuses"].create(
+        {"pipeline_id": int, "id": int, "name": str, "sort": int, "type": int, "color": str,
+         **entity},
+        pk=("pipeline_id", "id"),
+    )
+    db["amocrm_users"].create(
+        {"id": int, "name": str, "email": str, "is_admin": int, "is_active": int, **entity},
+        pk="id",
+    )
+    db["forwarded_leads"].create(
+        {
+            "id": str, "external_id": str, "status": str, "name": str, "phone": str,
+            "email": str, "source": str, "lead_id": int, "contact_id": int,
+            "contact_existed": int, "lead_url": str, "attempts": int, "last_error": str,
+            "request": str, "created_at": int, "updated_at": int,
+        },
+        pk="id",
+    )
+    db["forwarded_leads"].create_index(["external_id"], unique=True)
+    db["forwarded_leads"].create_index(["status"])
+    db["moizvonki_calls"].create(
+        {
+            "db_call_id": int, "direction": int, "answered": int, "start_time": int,
+            "answer_time": int, "end_time": int, "duration": int, "upload_time": int,
+            "client_number": str, "client_last10": str, "client_name": str, "user_id": int,
+            "user_account": str, "src_number": str, "recording": str, **entity,
+        },
+        pk="db_call_id",
+    )
+    db["moizvonki_calls"].create_index(["start_time"])
+    db["moizvonki_calls"].create_index(["user_account", "start_time"])
+    db["moizvonki_calls"].create_index(["client_last10"])
+    db["moizvonki_employees"].create(
+        {"id": int, "display_name": str, "email": str, "group_id": int, "group_name": str,
+         "role": str, **entity},
+        pk="id",
+    )
+    db["sync_state"].create(
+        {"name": str, "cursor": int, "covered_from": int, "last_synced_at": int,
+         "last_error": str, "info": str},
+        pk="name",
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1]
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only, before SQLite opens it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(descriptor)
+    try:
+        os.chmod(path, 0o600)
+    except PermissionError:  # pragma: no cover - a file owned by someone else
+        logger.warning("cannot restrict permissions of %s", path)
+
+
+class Store:
+    """The database, opened and migrated. Safe to share between tasks on one event loop."""
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            _create_private(Path(self.path))
+        connection = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+        self.db = sqlite_utils.Database(connection)
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database {self.path} has schema version {version}, newer than this "
+                f"tariti-mcp understands ({SCHEMA_VERSION}); upgrade tariti-mcp"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            with self.db.conn:
+                MIGRATIONS[number - 1](self.db)
+                self.db.execute(f"PRAGMA user_version = {number}")
+            logger.info("database migrated to schema version %d", number)
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    # --- amoCRM -------------------------------------------------------------------------------
+
+    def upsert_leads(self, leads: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        rows = []
+        for lead in leads:
+            if _int(lead.get("id")) is None:
+                continue
+            embedded = lead.get("_embedded") or {}
+            contacts = embedded.get("contacts") or []
+            main = next((c for c in contacts if c.get("is_main")), contacts[0] if contacts else {})
+            companies = embedded.get("companies") or []
+            tags = [t.get("name", "") for t in embedded.get("tags") or [] if isinstance(t, dict)]
+            rows.append({
+                "id": _int(lead["id"]), "name": lead.get("name"), "price": _int(lead.get("price")),
+                "pipeline_id": _int(lead.get("pipeline_id")),
+                "status_id": _int(lead.get("status_id")),
+                "responsible_user_id": _int(lead.get("responsible_user_id")),
+                "contact_id": _int(main.get("id")) if main else None,
+                "company_id": _int(companies[0].get("id")) if companies else None,
+                "tags": ",".join(tags), "created_at": _int(lead.get("created_at")),
+                "updated_at": _int(lead.get("updated_at")),
+                "closed_at": _int(lead.get("closed_at")),
+                "is_deleted": int(bool(lead.get("is_deleted"))),
+                "raw": _json(lead), "fetched_at": now,
+            })
+        return self._upsert("amocrm_leads", rows, "id")
+
+    def upsert_contacts(self, contacts: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        rows = []
+        for contact in contacts:
+            if _int(contact.get("id")) is None:
+                continue
+            phone_values = field_values(contact, "PHONE")
+            emails = [e.strip().lower() for e in field_values(contact, "EMAIL") if e.strip()]
+            tails = sorted({t for t in map(phones.last10, phone_values) if t})
+            rows.append({
+                "id": _int(contact["id"]), "name": contact.get("name"),
+                "first_name": contact.get("first_name"), "last_name": contact.get("last_name"),
+                "responsible_user_id": _int(contact.get("responsible_user_id")),
+                "phones": _json(phone_values), "phone_last10": " ".join(tails),
+                "emails": _json(emails), "created_at": _int(contact.get("created_at")),
+                "updated_at": _int(contact.get("updated_at")), "raw": _json(contact),
+                "fetched_at": now,
+            })
+        return self._upsert("amocrm_contacts", rows, "id")
+
+    def upsert_companies(self, companies: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        rows = [
+            {
+                "id": _int(c["id"]), "name": c.get("name"),
+                "responsible_user_id": _int(c.get("responsible_user_id")),
+                "created_at": _int(c.get("created_at")), "updated_at": _int(c.get("updated_at")),
+                "raw": _json(c), "fetched_at": now,
+            }
+            for c in companies
+            if _int(c.get("id")) is not None
+        ]
+        return self._upsert("amocrm_companies", rows, "id")
+
+    def upsert_pipelines(self, pipelines: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        pipeline_rows, status_rows = [], []
+        for pipeline in pipelines:
+            pipeline_id = _int(pipeline.get("id"))
+            if pipeline_id is None:
+                continue
+            statuses = (pipeline.get("_embedded") or {}).get("statuses") or []
+            pipeline_rows.append({
+                "id": pipeline_id, "name": pipeline.get("name"), "sort": _int(pipeline.get("sort")),
+                "is_main": int(bool(pipeline.get("is_main"))),
+                "is_archive": int(bool(pipeline.get("is_archive"))),
+                "raw": _json(pipeline), "fetched_at": now,
+            })
+            status_rows.extend(self._status_row(status, pipeline_id, now) for status in statuses)
+        self._upsert("amocrm_statuses", [r for r in status_rows if r], ("pipeline_id", "id"))
+        return self._upsert("amocrm_pipelines", pipeline_rows, "id")
+
+    def upsert_statuses(self, statuses: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        rows = [self._status_row(s, _int(s.get("pipeline_id")), now) for s in statuses]
+        return self._upsert("amocrm_statuses", [r for r in rows if r], ("pipeline_id", "id"))
+
+    @staticmethod
+    def _status_row(status: dict[str, Any], pipeline_id: int | None, now: int) -> dict | None:
+        status_id = _int(status.get("id"))
+        pipeline_id = _int(status.get("pipeline_id")) or pipeline_id
+        if status_id is None or pipeline_id is None:
+            return None
+        return {
+            "pipeline_id": pipeline_id, "id": status_id, "name": status.get("name"),
+            "sort": _int(status.get("sort")), "type": _int(status.get("type")),
+            "color": status.get("color"), "raw": _json(status), "fetched_at": now,
+        }
+
+    def upsert_users(self, users: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        rows = []
+        for user in users:
+            if _int(user.get("id")) is None:
+                continue
+            rights = user.get("rights") or {}
+            rows.append({
+                "id": _int(user["id"]), "name": user.get("name"), "email": user.get("email"),
+                "is_admin": int(bool(rights.get("is_admin"))),
+                "is_active": int(bool(rights.get("is_active", True))),
+                "raw": _json(user), "fetched_at": now,
+            })
+        return self._upsert("amocrm_users", rows, "id")
+
+    # --- forwarded leads ----------------------------------------------------------------------
+
+    def forwarding_by_external_id(self, external_id: str) -> dict[str, Any] | None:
+        rows = list(self.db["forwarded_leads"].rows_where("external_id = ?", [external_id]))
+        return rows[0] if rows else None
+
+    def claim_forwarding(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Insert a new forwarding; return the existing row instead if its external id is taken."""
+        now = _now()
+        row = {"status": "pending", "attempts": 0, "created_at": now, "updated_at": now, **record}
+        try:
+            with self.db.conn:
+                self.db["forwarded_leads"].insert(row)
+        except sqlite3.IntegrityError:
+            return self.forwarding_by_external_id(record["external_id"])
+        return None
+
+    def update_forwarding(self, forwarding_id: str, **fields: Any) -> None:
+        fields["updated_at"] = _now()
+        with self.db.conn:
+            self.db["forwarded_leads"].update(forwarding_id, fields)
+
+    def forwarding(self, forwarding_id: str) -> dict[str, Any] | None:
+        rows = list(self.db["forwarded_leads"].rows_where("id = ?", [forwarding_id]))
+        return rows[0] if rows else None
+
+    # --- Moizvonki ----------------------------------------------------------------------------
+
+    def upsert_calls(self, calls: Iterable[dict[str, Any]]) -> tuple[int, int | None]:
+        """Store calls by ``db_call_id``; return how many and the highest id seen.
+
+        A row that cannot be read (no id, no start time) is logged and skipped.
+        """
+        now = _now()
+        rows = []
+        highest: int | None = None
+        for call in calls:
+            call_id = _int(call.get("db_call_id"))
+            start = _int(call.get("start_time"))
+            if call_id is None or start is None:
+                logger.warning("skipped a call without db_call_id or start_time")
+                continue
+            highest = call_id if highest is None else max(highest, call_id)
+            number = str(call.get("client_number") or "").strip()
+            rows.append({
+                "db_call_id": call_id, "direction": _int(call.get("direction")),
+                "answered": 1 if _int(call.get("answered")) == 1 else 0,
+                "start_time": start, "answer_time": _int(call.get("answer_time")) or 0,
+                "end_time": _int(call.get("end_time")), "duration": _int(call.get("duration")) or 0,
+                "upload_time": _int(call.get("upload_time")), "client_number": number,
+                "client_last10": phones.last10(number), "client_name": call.get("client_name"),
+                "user_id": _int(call.get("user_id")), "user_account": call.get("user_account"),
+                "src_number": call.get("src_number"), "recording": call.get("recording") or "",
+                "raw": _json(call), "fetched_at": now,
+            })
+        return self._upsert("moizvonki_calls", rows, "db_call_id"), highest
+
+    def upsert_employees(self, employees: Iterable[dict[str, Any]]) -> int:
+        now = _now()
+        rows = [
+            {
+                "id": _int(e["id"]), "display_name": e.get("display_name"), "email": e.get("email"),
+                "group_id": _int(e.get("group_id")), "group_name": e.get("group_name"),
+                "role": e.get("role"), "raw": _json(e), "fetched_at": now,
+            }
+            for e in employees
+            if _int(e.get("id")) is not None
+        ]
+        return self._upsert("moizvonki_employees", rows, "id")
+
+    def employees(self) -> list[dict[str, Any]]:
+        return list(self.db["moizvonki_employees"].rows)
+
+    # --- sync state ---------------------------------------------------------------------------
+
+    def sync_state(self, name: str) -> dict[str, Any]:
+        rows = list(self.db["sync_state"].rows_where("name = ?", [name]))
+        return rows[0] if rows else {"name": name}
+
+    def save_sync_state(self, name: str, **fields: Any) -> None:
+        with self.db.conn:
+            self.db["sync_state"].upsert({"name": name, **fields}, pk="name")
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _upsert(self, table: str, rows: list[dict[str, Any]], pk: Any) -> int:
+        if not rows:
+            return 0
+        with self.db.conn:
+            self.db[table].upsert_all(rows, pk=pk)
+        return len(rows)
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> Iterator[dict[str, Any]]:
+        cursor = self.db.execute(sql, list(params))
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+
+
+def field_values(entity: dict[str, Any], code: str) -> list[str]:
+    """The values of a system multitext field (PHONE, EMAIL) of an amoCRM contact."""
+    values = []
+    for field in entity.get("custom_fields_values") or []:
+        if isinstance(field, dict) and field.get("field_code") == code:
+            values.extend(
+                str(v.get("value", "")) for v in field.get("values") or [] if isinstance(v, dict)
+            )
+    return values
