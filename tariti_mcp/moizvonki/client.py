@@ -51,7 +51,8 @@ class MoizvonkiClient:
         self.api_url = api_url
         self.user = user
         self._key = api_key
-        self._http = build_client(api_url, timeout, transport=transport)
+        # No base_url: httpx would add a trailing slash, and the endpoint is exactly /api/v1.
+        self._http = build_client("", timeout, transport=transport)
         self._form = False  # switched on once if the account only reads the form encoding
 
     async def aclose(self) -> None:
@@ -61,8 +62,8 @@ class MoizvonkiClient:
         payload = {**params, "user_name": self.user, "api_key": self._key, "action": action}
         if form:
             text = json.dumps(payload, ensure_ascii=False)
-            return self._http.build_request("POST", "", data={"request_data": text})
-        return self._http.build_request("POST", "", json=payload)
+            return self._http.build_request("POST", self.api_url, data={"request_data": text})
+        return self._http.build_request("POST", self.api_url, json=payload)
 
     async def call(
         self, action: str, params: dict[str, Any] | None = None, *, on_wait: WaitCallback | None = None

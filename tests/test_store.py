@@ -1,0 +1,71 @@
+"""The store: owner-only file, versioned schema, one row per id, tolerant call rows."""
+
+import os
+import stat
+
+import pytest
+
+from tariti_mcp.store import SCHEMA_VERSION, Store
+
+
+def test_file_is_owner_only(tmp_path):
+    path = tmp_path / "deep" / "tariti.db"
+    store = Store(path)
+    store.upsert_calls([{"db_call_id": 1, "start_time": 10}])
+    store.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    for extra in ("tariti.db-wal", "tariti.db-shm"):
+        if (path.parent / extra).exists():
+            assert stat.S_IMODE(os.stat(path.parent / extra).st_mode) & 0o077 == 0
+
+
+def test_schema_is_versioned_and_reopen_keeps_data(tmp_path):
+    path = tmp_path / "t.db"
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    store.upsert_leads([{"id": 5, "name": "Сделка", "price": "1500", "status_id": 142}])
+    store.close()
+    again = Store(path)
+    assert next(again.query("SELECT name, price FROM amocrm_leads")) == {"name": "Сделка",
+                                                                        "price": 1500}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "t.db"
+    store = Store(path)
+    store.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store.close()
+    with pytest.raises(RuntimeError, match="upgrade tariti-mcp"):
+        Store(path)
+
+
+def test_one_row_per_call_and_bad_rows_skipped(caplog):
+    store = Store()
+    count, top = store.upsert_calls([
+        {"db_call_id": "7", "start_time": "100", "answered": "1", "direction": "0",
+         "client_number": "8 (916) 123-45-67"},
+        {"db_call_id": 7, "start_time": 100, "answered": 0, "direction": 0},
+        {"start_time": 5},
+    ])
+    assert (count, top) == (2, 7)
+    rows = list(store.query("SELECT db_call_id, answered, client_last10 FROM moizvonki_calls"))
+    assert rows == [{"db_call_id": 7, "answered": 0, "client_last10": None}]
+    assert "skipped a call" in caplog.text
+
+
+def test_contact_phones_indexed_by_last_ten_digits():
+    store = Store()
+    store.upsert_contacts([{"id": 1, "name": "Иван", "custom_fields_values": [
+        {"field_code": "PHONE", "values": [{"value": "+7 (916) 123-45-67"},
+                                           {"value": "8 903 000 11 22"}]},
+        {"field_code": "EMAIL", "values": [{"value": "Ivan@Example.ru"}]}]}])
+    row = next(store.query("SELECT phone_last10, emails FROM amocrm_contacts"))
+    assert row == {"phone_last10": "9030001122 9161234567", "emails": '["ivan@example.ru"]'}
+
+
+def test_forwarding_claimed_once_per_external_id():
+    store = Store()
+    assert store.claim_forwarding({"id": "a", "external_id": "form-1"}) is None
+    assert store.claim_forwarding({"id": "b", "external_id": "form-1"})["id"] == "a"
+    assert store.claim_forwarding({"id": "c", "external_id": None}) is None
+    assert store.claim_forwarding({"id": "d", "external_id": None}) is None
