@@ -1,0 +1,71 @@
+"""Over real stdio, `tariti-mcp serve --sandbox` writes nothing to stdout but JSON-RPC."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def exchange(process, message):
+    process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()
+
+
+def read_message(process):
+    line = process.stdout.readline()
+    assert line, "the server closed stdout early; stderr:\n" + process.stderr.read()[-2000:]
+    message = json.loads(line)  # any non-protocol byte fails here
+    assert message.get("jsonrpc") == "2.0", line
+    return message
+
+
+def read_response(process, request_id):
+    while True:
+        message = read_message(process)
+        if message.get("id") == request_id:
+            return message
+
+
+def test_stdout_is_only_protocol(tmp_path):
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))}
+    env.update({"TARITI_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", "800"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env,
+    )
+    try:
+        exchange(process, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "stdio-test", "version": "1"}}})
+        assert read_response(process, 1)["result"]["serverInfo"]["name"] == "tariti-mcp"
+        exchange(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        exchange(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        names = sorted(t["name"] for t in read_response(process, 2)["result"]["tools"])
+        assert names == ["call_amocrm_api", "call_moizvonki_api", "forward_lead_to_amocrm",
+                         "get_moizvonki_analytics"]
+        requests = [
+            ("call_amocrm_api", {"path": "/api/v4/leads", "query": {"limit": 2}}),
+            ("call_amocrm_api", {"path": "/api/v4/contacts", "query": {"query": "zz-nobody"}}),
+            ("get_moizvonki_analytics", {}),
+            ("call_moizvonki_api", {"action": "calls.list", "params": {"from_id": 0,
+                                                                       "max_results": 5}}),
+            ("call_amocrm_api", {"path": "https://evil.example/api/v4/leads"}),
+        ]
+        for number, (name, arguments) in enumerate(requests, start=3):
+            exchange(process, {"jsonrpc": "2.0", "id": number, "method": "tools/call",
+                               "params": {"name": name, "arguments": arguments}})
+            result = read_response(process, number)["result"]
+            assert result["isError"] is (name == "call_amocrm_api" and number == 7), result
+        process.stdin.close()
+        remaining = process.stdout.read()
+        process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stdout.close()
+        process.stderr.close()
+    for line in remaining.splitlines():
+        assert json.loads(line)["jsonrpc"] == "2.0"
+    assert process.returncode == 0
