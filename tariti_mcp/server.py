@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
@@ -48,6 +49,16 @@ MoizvonkiAction = Literal[
     "company.activate_employee",
     "company.delete_employee",
 ]
+
+
+# The structured payload goes out once as data and once as compact text for clients that read
+# only `content`; the SDK's default text is indented JSON, a third longer for the model.
+Answer = Annotated[CallToolResult, dict[str, Any]]
+
+
+def _answer(payload: dict[str, Any]) -> CallToolResult:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
 
 
 @dataclass
@@ -139,7 +150,15 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
 
-    @server.tool(
+    def _tool(**options: Any):
+        # The docstring is the model's description; drop its source indentation.
+        def register(function):
+            server.add_tool(function, description=inspect.cleandoc(function.__doc__), **options)
+            return function
+
+        return register
+
+    @_tool(
         title="amoCRM API request",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=False,
@@ -175,7 +194,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             int, Field(description="Page cap when all_pages is true.", ge=1, le=200)
         ] = 10,
         ctx: Context,
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Send one request to the amoCRM API v4 (leads, contacts, companies, pipelines, users,
         tasks, notes...). Lists return `items` plus `has_more`/`next_page`; to get more, call
         again with query page=N or set all_pages. Limit is at most 250 per page. 204 means
@@ -187,12 +206,12 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         with _as_tool_errors():
             client = state.require_amocrm()
             cap = min(max_pages, state.settings.amocrm_max_pages)
-            return await call_api(
+            return _answer(await call_api(
                 client, state.store, method, path, query, _json_argument(body, "body"),
                 all_pages=all_pages, max_pages=cap, progress=_progress(ctx),
-            )
+            ))
 
-    @server.tool(
+    @_tool(
         title="Forward a lead to amoCRM",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=False, idempotent_hint=False,
@@ -229,7 +248,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             str, Field(description="Deal title; default '<source>: <name>'.")
         ] = "",
         ctx: Context = None,  # type: ignore[assignment]
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Turn an inbound lead into an amoCRM deal linked to its contact. Needs phone or email.
         An existing contact with the same phone (compared by its last 10 digits, so +7/8 formats
         match) or e-mail is reused and never modified; otherwise a new contact is created.
@@ -244,9 +263,9 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 status_id=status_id, tags=tags, lead_name=lead_name,
                 region=state.settings.default_region,
             )
-            return await amocrm_leads.forward(client, state.store, lead)
+            return _answer(await amocrm_leads.forward(client, state.store, lead))
 
-    @server.tool(
+    @_tool(
         title="Moizvonki API action",
         annotations=ToolAnnotations(
             read_only_hint=False, destructive_hint=True, idempotent_hint=False,
@@ -273,7 +292,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         ] = False,
         max_pages: Annotated[int, Field(description="Page cap for all_pages.", ge=1, le=500)] = 20,
         ctx: Context = None,  # type: ignore[assignment]
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Run one Moizvonki API action; the server adds the login and key. Calls: direction 0
         is incoming, 1 outgoing; `answered` (not duration) says whether it was answered; times
         are Unix seconds UTC. For counts and durations use get_moizvonki_analytics instead of
@@ -282,13 +301,13 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_moizvonki()
-            return await call_action(
+            return _answer(await call_action(
                 client, state.store, action, _json_argument(params, "params") or {},
                 state.settings.zone, all_pages=all_pages, max_pages=max_pages,
                 progress=_progress(ctx),
-            )
+            ))
 
-    @server.tool(
+    @_tool(
         title="Call analytics (Moizvonki)",
         annotations=ToolAnnotations(
             read_only_hint=True, destructive_hint=False, idempotent_hint=True,
@@ -303,7 +322,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             str, Field(description="Last day, ISO date, inclusive. Empty: today.")
         ] = "",
         ctx: Context = None,  # type: ignore[assignment]
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Call statistics for whole days in the business time zone, from the synced call log.
         Both dates inclusive; no dates = today; only date_from = from then to today; only
         date_to = that one day. At most 366 days. A call
@@ -315,9 +334,9 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_moizvonki()
-            return await analytics_report(
+            return _answer(await analytics_report(
                 client, state.store, state.settings.zone, date_from, date_to,
                 freshness=state.settings.analytics_freshness, progress=_progress(ctx),
-            )
+            ))
 
     return server

@@ -1,4 +1,4 @@
-"""Local emulators of amoCRM and Moizvonki with deterministic seeded data, for trying and testing."""
+"""Local emulators of amoCRM and Moizvonki with deterministic seeded data, to try and to test."""
 
 from .data import generate
 from .runner import Sandbox

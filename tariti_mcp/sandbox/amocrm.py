@@ -482,7 +482,8 @@ class AmoCrmEmulator:
                 if (not wanted_ids or tag["id"] in wanted_ids)
                 and (wanted_name is None or tag["name"] == wanted_name)
                 and (not text or text in tag["name"].casefold())]
-        return self._page(request, "tags", tags, lambda tag: dict(tag))
+        return self._page(request, "tags", tags, lambda tag: {
+            **tag, "_links": self._href(request, f"/{entity}/tags/{tag['id']}")})
 
     async def _create_tags(self, request: Request, entity: str) -> Response:
         items = await self._json_array(request, BATCH_LIMIT)
@@ -598,7 +599,7 @@ class AmoCrmEmulator:
         if failures:
             raise _Invalid(failures)
         answer = []
-        for index, (item, plan) in enumerate(zip(items, plans)):
+        for index, (item, plan) in enumerate(zip(items, plans, strict=True)):
             record = self._create_record(entity, plan)
             answer.append({"id": record["id"], "request_id": self._request_id(item, index),
                            "_links": self._href(request, f"/{entity}/{record['id']}")})
@@ -841,6 +842,7 @@ class AmoCrmEmulator:
                           loss_reason_id=plan.get("loss_reason_id"))
         record.update(created_by=self._current_user_id,
                       updated_by=plan.get("updated_by", self._current_user_id),
+                      # Emulator's choice: a caller's own created_at is kept, as amoCRM allows.
                       created_at=plan.get("created_at", now),
                       updated_at=plan.get("updated_at", now))
         if entity == "leads":
@@ -1034,7 +1036,7 @@ class AmoCrmEmulator:
             raise _Invalid(failures)
 
         answer = []
-        for index, (item, plan) in enumerate(zip(items, plans)):
+        for index, (item, plan) in enumerate(zip(items, plans, strict=True)):
             lead = self._create_record("leads", plan["lead"])
             contact_id = company_id = None
             if plan["contact"] is not None:

@@ -69,9 +69,10 @@ def _page_size(params: dict[str, Any]) -> int:
 
 
 def _envelope(selection: list[Any], offset: int, size: int,
-              present: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    page = selection[offset:offset + size]
-    remains = max(0, len(selection) - offset - len(page))
+              present: Callable[[Any], dict[str, Any]], begin: int = 0) -> dict[str, Any]:
+    """One page; `offset` counts from `begin`, where the selection starts inside the list."""
+    page = selection[begin + offset:begin + offset + size]
+    remains = max(0, len(selection) - begin - offset - len(page))
     return {"results_next_offset": offset + len(page) if remains else 0,
             "results_count": len(page), "results_remains": remains,
             "results": [present(item) for item in page]}
@@ -91,7 +92,8 @@ class MoizvonkiEmulator:
         self.dialed: list[tuple[str, str]] = []
         self.sms: list[tuple[str, str, str]] = []
         self.webhooks: dict[str, str] = {}
-        self._selections: OrderedDict[tuple[Any, ...], list[Call]] = OrderedDict()
+        self._selections: OrderedDict[tuple[Any, ...], tuple[list[Call], list[int]]] = (
+            OrderedDict())
         self._last_call_id = max((call.db_call_id for call in self.calls), default=2_400_000)
         self._reindex()
         self._actions: dict[str, tuple[Callable[[Employee, dict[str, Any]], Response], bool]] = {
@@ -160,30 +162,40 @@ class MoizvonkiEmulator:
                      if employee.email == email), None)
 
     def _selection(self, owner: Employee, everyone: bool, from_id: int | None,
-                   from_date: int | None, to_date: int | None) -> list[Call]:
-        # Pages of one walk share a selection, so walking is O(page) per request.
-        key = (owner.id, everyone, from_id, None if from_id is not None else from_date, to_date)
-        cached = self._selections.get(key)
-        if cached is not None:
-            self._selections.move_to_end(key)
-            return cached
+                   from_date: int | None, to_date: int | None) -> tuple[list[Call], int]:
+        """The calls matching a query, as a sorted list and the index where they begin.
+
+        Selections are memoized and a from_id cursor only bisects into one, so each page of a
+        walk costs O(page), whether the walk moves by offset or by from_id.
+        """
+        if from_id is not None:
+            calls, ids = self._window(owner, everyone, None, to_date)
+            return calls, bisect.bisect_left(ids, from_id)
+        return self._window(owner, everyone, from_date, to_date)[0], 0
+
+    def _window(self, owner: Employee, everyone: bool, from_date: int | None,
+                to_date: int | None) -> tuple[list[Call], list[int]]:
         if everyone:
             calls, ids = self.calls, self._all_ids
         else:
             calls, ids = self._own_calls.get(owner.id, []), self._own_ids.get(owner.id, [])
-        if from_id is not None:
-            selection = calls[bisect.bisect_left(ids, from_id):]
-            if to_date is not None:
-                # Emulator's choice: to_date bounds start_time with from_id too.
-                selection = [call for call in selection if call.start_time <= to_date]
-        else:
-            # Emulator's choice: the date window filters start_time, to_date inclusive.
-            selection = [call for call in calls if call.start_time >= from_date
-                         and (to_date is None or call.start_time <= to_date)]
-        self._selections[key] = selection
+        if from_date is None and to_date is None:
+            return calls, ids
+        key = (owner.id, everyone, from_date, to_date)
+        cached = self._selections.get(key)
+        if cached is not None:
+            self._selections.move_to_end(key)
+            return cached
+        # Emulator's choice: the date window filters start_time, to_date inclusive; to_date
+        # bounds a from_id query as well.
+        lower = from_date if from_date is not None else -1
+        upper = to_date if to_date is not None else 2**63
+        selected = [call for call in calls if lower <= call.start_time <= upper]
+        cached = (selected, [call.db_call_id for call in selected])
+        self._selections[key] = cached
         if len(self._selections) > SELECTION_CACHE_SIZE:
             self._selections.popitem(last=False)
-        return selection
+        return cached
 
     def _present_call(self, call: Call, with_owner: bool) -> dict[str, Any]:
         owner = self.employees[call.user_id]
@@ -285,10 +297,10 @@ class MoizvonkiEmulator:
         supervised = _number(params, "supervised") == 1
         # A non-admin asking for supervised still sees only their own calls.
         everyone = supervised and employee.role == "admin"
-        selection = self._selection(employee, everyone, from_id, from_date, to_date)
+        selection, begin = self._selection(employee, everyone, from_id, from_date, to_date)
         offset = max(0, _number(params, "from_offset") or 0)
         body = _envelope(selection, offset, _page_size(params),
-                         lambda call: self._present_call(call, supervised))
+                         lambda call: self._present_call(call, supervised), begin)
         return _json(body)
 
     def _make_call(self, employee: Employee, params: dict[str, Any]) -> Response:

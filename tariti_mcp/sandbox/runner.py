@@ -14,7 +14,7 @@ import socket
 import threading
 import uuid
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -106,7 +106,7 @@ class Sandbox:
             "MOIZVONKI_API_KEY": self.moizvonki_key,
         }
 
-    def start(self) -> Sandbox:
+    def start(self) -> Self:
         if self._thread is not None:
             raise RuntimeError("the sandbox is already started")
         self.data = generate(self.seed, self.calls, self.days, self.now)
@@ -120,7 +120,7 @@ class Sandbox:
                                                        lifespan="off", ws="none"))
                          for app in apps]
         ready = threading.Event()
-        failures: list[BaseException] = []
+        failures: list[Exception | SystemExit] = []
         self._thread = threading.Thread(target=self._run, args=(sockets, ready, failures),
                                         name="tariti-sandbox", daemon=True)
         self._thread.start()
@@ -155,20 +155,20 @@ class Sandbox:
         })
 
     def _run(self, sockets: list[socket.socket], ready: threading.Event,
-             failures: list[BaseException]) -> None:
+             failures: list[Exception | SystemExit]) -> None:
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._serve(sockets, ready))
-        except BaseException as exc:  # uvicorn exits with SystemExit when startup fails
+        except (Exception, SystemExit) as exc:  # uvicorn exits when its startup fails
             failures.append(exc)
-            logger.error("sandbox servers stopped: %r", exc)
+            logger.exception("sandbox servers stopped")
         finally:
             ready.set()
             loop.close()
 
     async def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         tasks = [asyncio.ensure_future(server.serve(sockets=[sock]))
-                 for server, sock in zip(self._servers, sockets)]
+                 for server, sock in zip(self._servers, sockets, strict=True)]
         while not all(server.started for server in self._servers):
             if any(task.done() for task in tasks):
                 break
@@ -186,7 +186,7 @@ class Sandbox:
             self._thread = None
         self._servers = []
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
