@@ -319,6 +319,7 @@ class AmoCrmEmulator:
         return f"{self._base(request)}{request.url.path}?{urlencode(pairs, safe='[]')}"
 
     def _paging(self, request: Request, cap: int = MAX_LIMIT) -> tuple[int, int]:
+        # Emulator's choice: a page below 1 or not a number reads as page 1.
         page = max(1, _int_param(request.query_params.get("page"), 1))
         limit = _int_param(request.query_params.get("limit"), DEFAULT_LIMIT)
         if cap == MAX_LIMIT:
@@ -370,6 +371,7 @@ class AmoCrmEmulator:
 
     def _record_event(self, kind: str, entity: str, entity_id: int,
                       after: list[Any], before: list[Any] | None = None) -> None:
+        # Emulator's choice: only creations and lead status changes make events.
         self.events.append({
             "id": f"{len(self.events) + 1:024x}", "type": kind, "entity_id": entity_id,
             "entity_type": EVENT_ENTITY[entity], "created_by": self._current_user_id,
@@ -430,6 +432,7 @@ class AmoCrmEmulator:
                      "_embedded": {"pipelines": pipelines}})
 
     async def _get_pipeline(self, request: Request, id: str) -> Response:
+        # Emulator's choice: a missing pipeline is 204, like any entity by id.
         pipeline = self.pipelines.get(int(id))
         return _hal(self._present_pipeline(request, pipeline)) if pipeline else _no_content()
 
@@ -589,6 +592,7 @@ class AmoCrmEmulator:
         return str(index)
 
     async def _create_entities(self, request: Request, entity: str) -> Response:
+        # Emulator's choice: one invalid item rejects the whole batch and nothing is written.
         items = await self._json_array(request, BATCH_LIMIT)
         plans, failures = [], []
         for index, item in enumerate(items):
@@ -974,6 +978,7 @@ class AmoCrmEmulator:
                 links.append({"to_entity_id": item["id"], "to_entity_type": kind,
                               "metadata": metadata})
         if not links:
+            # Emulator's choice: no links reads like an empty list, 204.
             return _no_content()
         return _hal({"_total_items": len(links), "_links": self._href(request,
                                                                       f"/{entity}/{id}/links"),
@@ -982,6 +987,7 @@ class AmoCrmEmulator:
     async def _check_link_body(self, request: Request, entity: str, id: str
                                ) -> list[tuple[str, int, bool]]:
         if int(id) not in self.records(entity):
+            # Emulator's choice: linking from a missing entity is a 404 problem.
             raise _Problem(404, "Not Found", f"No {entity} with id {id}")
         items = await self._json_array(request, BATCH_LIMIT)
         failures, wanted = [], []

@@ -284,6 +284,7 @@ def _staff(day_start: int) -> tuple[list[Employee], list[dict[str, Any]]]:
             id=57301 + index * 7, display_name=f"{first} {last}", email=email,
             group_id=group_id, group_name=group_name, role=role,
             src_number=f"+7926500{index + 1:02d}{(index * 37) % 100:02d}",
+            # Emulator's choice: src_id is a numeric device id and every phone has one SIM slot.
             src_id=880101 + index, src_slot=0, amocrm_user_id=amocrm_id,
         ))
         is_admin = role == "admin"
@@ -339,6 +340,7 @@ def _status(status_id: int, name: str, sort: int, pipeline_id: int, color: str, 
 
 
 def _custom_fields() -> dict[str, list[dict[str, Any]]]:
+    # A definition names its code `code`; values on entities name it `field_code`.
     enum_ids = iter(range(812001, 813000))
 
     def define(field_id: int, entity_type: str, name: str, kind: str, code: str | None,
