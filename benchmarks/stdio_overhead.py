@@ -48,8 +48,12 @@ class StdioPeer:
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, env=env,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         self._next_id = 0
 
@@ -73,10 +77,14 @@ class StdioPeer:
         self.process.stdin.flush()
 
     def initialize(self) -> None:
-        self.request("initialize", {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"},
-        })
+        self.request(
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "1"},
+            },
+        )
         self.notify("notifications/initialized")
 
     def close(self) -> None:
@@ -105,14 +113,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="start-ups of each server")
     parser.add_argument("--calls", type=int, default=60, help="tool calls and direct requests")
     parser.add_argument(
-        "--pause", type=float, default=0.2,
+        "--pause",
+        type=float,
+        default=0.2,
         help="seconds between calls, so the 7/s amoCRM limiter is idle (0: back to back)",
     )
     args = parser.parse_args()
 
     with Sandbox(seed=1, calls=500) as sandbox, tempfile.TemporaryDirectory() as scratch:
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))
+        }
         env.update(sandbox.env)
         env["TARITI_DB_PATH"] = str(Path(scratch) / "bench.db")
         bare = Path(scratch) / "bare_server.py"
@@ -130,8 +143,7 @@ def main() -> None:
         for _ in range(args.calls):
             time.sleep(args.pause)
             started = time.perf_counter()
-            answer = peer.request("tools/call", {"name": "call_amocrm_api",
-                                                 "arguments": arguments})
+            answer = peer.request("tools/call", {"name": "call_amocrm_api", "arguments": arguments})
             tool_times.append(time.perf_counter() - started)
             assert not answer["result"]["isError"], answer
         peer.close()
@@ -148,8 +160,10 @@ def main() -> None:
     print(f"spawn to first tools/list over stdio ({args.runs} runs, median)")
     print(f"  bare MCPServer, one tool      {milliseconds(bare_times)}")
     print(f"  tariti-mcp serve              {milliseconds(our_times)}")
-    print(f"GET /api/v4/leads?limit=1 against the emulator ({args.calls} calls, median, "
-          f"{args.pause}s apart)")
+    print(
+        f"GET /api/v4/leads?limit=1 against the emulator ({args.calls} calls, median, "
+        f"{args.pause}s apart)"
+    )
     print(f"  direct httpx request          {milliseconds(direct_times)}")
     print(f"  call_amocrm_api over stdio    {milliseconds(tool_times)}")
     overhead = statistics.median(tool_times) - statistics.median(direct_times)

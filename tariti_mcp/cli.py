@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the MCP server over stdio (the default)")
     serve.add_argument("--env-file", help="env file to read (after the environment)")
     serve.add_argument(
-        "--sandbox", action="store_true",
+        "--sandbox",
+        action="store_true",
         help="start local emulators of both APIs in this process and use them",
     )
     serve.add_argument("--db", help="database file (default: TARITI_DB_PATH)")
@@ -83,18 +84,23 @@ def _serve(args: argparse.Namespace) -> int:
         logs.configure(settings.log_level, settings.secrets())
         logger.warning(
             "sandbox mode: amoCRM emulator at %s, Moizvonki emulator at %s, database %s",
-            sandbox.amocrm_url, sandbox.moizvonki_url, db_path,
+            sandbox.amocrm_url,
+            sandbox.moizvonki_url,
+            db_path,
         )
     elif args.db:
         settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
 
     from .server import create_server
 
-    for service, missing in (("amoCRM", settings.missing_amocrm()),
-                             ("Moizvonki", settings.missing_moizvonki())):
+    for service, missing in (
+        ("amoCRM", settings.missing_amocrm()),
+        ("Moizvonki", settings.missing_moizvonki()),
+    ):
         if missing:
-            logger.warning("%s is not configured (set %s); its tools will say so",
-                           service, ", ".join(missing))
+            logger.warning(
+                "%s is not configured (set %s); its tools will say so", service, ", ".join(missing)
+            )
     try:
         create_server(settings).run()
     except KeyboardInterrupt:
@@ -116,8 +122,12 @@ def _sandbox(args: argparse.Namespace) -> int:
 
     logs.configure("INFO")
     sandbox = Sandbox(
-        seed=args.seed, calls=args.calls, days=args.days, host=args.host,
-        amocrm_port=args.amocrm_port, moizvonki_port=args.moizvonki_port,
+        seed=args.seed,
+        calls=args.calls,
+        days=args.days,
+        host=args.host,
+        amocrm_port=args.amocrm_port,
+        moizvonki_port=args.moizvonki_port,
     )
     try:
         sandbox.start()

@@ -74,7 +74,12 @@ def normalize_amocrm_url(raw: str) -> str:
         raise ConfigError(f"AMOCRM_BASE_URL must use https (got {_describe(text)!r})")
     suffix = next((s for s in AMOCRM_HOST_SUFFIXES if host.endswith(s)), None)
     subdomain = host[: -len(suffix)] if suffix else ""
-    if not suffix or not _SUBDOMAIN.match(subdomain) or subdomain == "www" or port not in (None, 443):
+    if (
+        not suffix
+        or not _SUBDOMAIN.match(subdomain)
+        or subdomain == "www"
+        or port not in (None, 443)
+    ):
         raise ConfigError(
             "AMOCRM_BASE_URL must be your account's own host, https://<subdomain>.amocrm.ru, "
             f".amocrm.com or .kommo.com (got {_describe(text)!r})"
@@ -108,7 +113,9 @@ def normalize_moizvonki_url(raw: str) -> str:
         )
     if _is_loopback(host):
         if parts.scheme not in ("http", "https"):
-            raise ConfigError(f"MOIZVONKI_BASE_URL must use http or https (got {_describe(text)!r})")
+            raise ConfigError(
+                f"MOIZVONKI_BASE_URL must use http or https (got {_describe(text)!r})"
+            )
         netloc = f"[{host}]" if ":" in host else host
         return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}/api/v1"
     account = host[: -len(".moizvonki.ru")] if host.endswith(".moizvonki.ru") else ""
@@ -184,7 +191,9 @@ class Settings(BaseSettings):
     @classmethod
     def _region(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
-            raise ConfigError(f"TARITI_DEFAULT_REGION must be a two-letter country code (got {value!r})")
+            raise ConfigError(
+                f"TARITI_DEFAULT_REGION must be a two-letter country code (got {value!r})"
+            )
         return value.strip().upper()
 
     @field_validator("log_level")
@@ -192,7 +201,9 @@ class Settings(BaseSettings):
     def _level(cls, value: str) -> str:
         level = value.strip().upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"TARITI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {value!r})")
+            raise ConfigError(
+                f"TARITI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {value!r})"
+            )
         return level
 
     @property
@@ -235,7 +246,9 @@ class Settings(BaseSettings):
         ]
 
 
-def env_files(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> list[Path]:
+def env_files(
+    explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None
+) -> list[Path]:
     """The env files to read, lowest precedence first (pydantic-settings lets later files win)."""
     base = cwd or Path.cwd()
     files = [base / "backend" / ".env", base / ".env"]
@@ -245,9 +258,7 @@ def env_files(explicit: str | os.PathLike[str] | None = None, cwd: Path | None =
     return files
 
 
-def load_settings(
-    env_file: str | os.PathLike[str] | None = None, **overrides: Any
-) -> Settings:
+def load_settings(env_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read settings; raise ConfigError with one line naming the bad variable."""
     files = env_files(env_file)
     named = env_file or os.environ.get("TARITI_ENV_FILE")

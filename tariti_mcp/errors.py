@@ -195,11 +195,14 @@ def amocrm_error(response: httpx.Response) -> ServiceError:
         reason = hint or detail or "unauthorized"
         if "revoked" in reason.lower():
             return AuthFailed(
-                AMOCRM, f"the token was revoked ({reason})",
-                advice="The operator must issue a new token (AMOCRM_API_KEY) and restart.", **kwargs,
+                AMOCRM,
+                f"the token was revoked ({reason})",
+                advice="The operator must issue a new token (AMOCRM_API_KEY) and restart.",
+                **kwargs,
             )
         return AuthFailed(
-            AMOCRM, f"the token is invalid or expired ({reason})",
+            AMOCRM,
+            f"the token is invalid or expired ({reason})",
             advice="The operator must check AMOCRM_API_KEY; a long-lived token may have expired.",
             **kwargs,
         )
@@ -215,15 +218,24 @@ def amocrm_error(response: httpx.Response) -> ServiceError:
         return NotFound(AMOCRM, detail or "not found", **kwargs)
     if status == 405:
         return Rejected(
-            AMOCRM, "this method is not allowed on this path",
-            advice="Check the amoCRM API reference for the methods this path takes.", **kwargs,
+            AMOCRM,
+            "this method is not allowed on this path",
+            advice="Check the amoCRM API reference for the methods this path takes.",
+            **kwargs,
+        )
+    if 300 <= status < 400:
+        # Following it would replay the token and the body to another address.
+        return WrongHost(
+            AMOCRM, "the host answered with a redirect, which is not followed", **kwargs
         )
     if status == 429:
         return RateLimited(AMOCRM, "too many requests", **kwargs)
     if status == 504:
         return Unavailable(
-            AMOCRM, "the request timed out on amoCRM's side",
-            advice="Ask for fewer records per page (a smaller limit) and try again.", **kwargs,
+            AMOCRM,
+            "the request timed out on amoCRM's side",
+            advice="Ask for fewer records per page (a smaller limit) and try again.",
+            **kwargs,
         )
     if status >= 500:
         return Unavailable(AMOCRM, detail or "server error", **kwargs)
@@ -249,7 +261,8 @@ def moizvonki_error(response: httpx.Response, action: str) -> ServiceError:
     lowered = text.lower()
     if status in (401, 403) and any(word in lowered for word in _BAD_CREDENTIALS):
         return AuthFailed(
-            MOIZVONKI, "the login or API key was refused",
+            MOIZVONKI,
+            "the login or API key was refused",
             advice="The operator must check MOIZVONKI_USER (the login e-mail) and "
             "MOIZVONKI_API_KEY (Settings > Integration > API in the Moizvonki cabinet); "
             "changing the key there revokes the old one.",
@@ -257,14 +270,18 @@ def moizvonki_error(response: httpx.Response, action: str) -> ServiceError:
         )
     if status in (401, 403):
         return AccessDenied(
-            MOIZVONKI, f"{action} was refused ({text or 'forbidden'})",
-            advice="This action needs an administrator's login and key.", status=status,
+            MOIZVONKI,
+            f"{action} was refused ({text or 'forbidden'})",
+            advice="This action needs an administrator's login and key.",
+            status=status,
         )
     if status == 404:
         return WrongHost(
-            MOIZVONKI, "no Moizvonki account answers at the configured address",
+            MOIZVONKI,
+            "no Moizvonki account answers at the configured address",
             advice="The operator must set MOIZVONKI_BASE_URL to the account name "
-            "(the part before .moizvonki.ru).", status=status,
+            "(the part before .moizvonki.ru).",
+            status=status,
         )
     if status == 429:
         return RateLimited(MOIZVONKI, "too many requests", status=status)
@@ -276,7 +293,9 @@ def moizvonki_error(response: httpx.Response, action: str) -> ServiceError:
 # --- transport --------------------------------------------------------------------------------
 
 
-def transport_error(service: str, exc: httpx.TransportError, *, may_have_landed: bool) -> ServiceError:
+def transport_error(
+    service: str, exc: httpx.TransportError, *, may_have_landed: bool
+) -> ServiceError:
     """A request that got no answer. ``str(exc)`` is never used: it can hold the full URL."""
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
         return Unavailable(service, "could not connect")

@@ -41,6 +41,9 @@ class RetryPolicy:
     total: float = 30.0
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 def build_client(
     base_url: str,
     timeout: float,
@@ -77,7 +80,7 @@ async def send(
     service: str,
     idempotent: bool,
     limiter: AsyncLimiter | None = None,
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = DEFAULT_RETRY,
     on_wait: WaitCallback | None = None,
 ) -> httpx.Response:
     """Send ``request`` and return the final response, whatever its status.

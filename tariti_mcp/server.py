@@ -124,14 +124,18 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         amocrm = None
         if settings.amocrm_configured:
             amocrm = AmoCrmClient(
-                settings.amocrm_base_url, settings.amocrm_api_key.get_secret_value(),
-                timeout=settings.http_timeout, rate_limit=settings.amocrm_rate_limit,
+                settings.amocrm_base_url,
+                settings.amocrm_api_key.get_secret_value(),
+                timeout=settings.http_timeout,
+                rate_limit=settings.amocrm_rate_limit,
             )
         moizvonki = None
         if settings.moizvonki_configured:
             moizvonki = MoizvonkiClient(
-                settings.moizvonki_base_url, settings.moizvonki_user,
-                settings.moizvonki_api_key.get_secret_value(), timeout=settings.http_timeout,
+                settings.moizvonki_base_url,
+                settings.moizvonki_user,
+                settings.moizvonki_api_key.get_secret_value(),
+                timeout=settings.http_timeout,
             )
         try:
             yield AppState(settings, database, amocrm, moizvonki)
@@ -161,7 +165,9 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
     @_tool(
         title="amoCRM API request",
         annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+            read_only_hint=False,
+            destructive_hint=True,
+            idempotent_hint=False,
             open_world_hint=True,
         ),
     )
@@ -173,22 +179,30 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         ] = "GET",
         path: Annotated[
             str,
-            Field(description="API path under /api/v4/, e.g. /api/v4/leads or /api/v4/leads/123. "
-                  "No host, no query string."),
+            Field(
+                description="API path under /api/v4/, e.g. /api/v4/leads or /api/v4/leads/123. "
+                "No host, no query string."
+            ),
         ],
         query: Annotated[
             dict[str, Any],
-            Field(description='Query parameters, e.g. {"limit": 50, "query": "Иванов", '
-                  '"with": "contacts", "filter[statuses][0][pipeline_id]": 123, '
-                  '"filter[statuses][0][status_id]": 456}. Lists become key[]=v.'),
-        ] = {},
+            Field(
+                description='Query parameters, e.g. {"limit": 50, "query": "Иванов", '
+                '"with": "contacts", "filter[statuses][0][pipeline_id]": 123, '
+                '"filter[statuses][0][status_id]": 456}. Lists become key[]=v.',
+                default_factory=dict,
+            ),
+        ],
         body: Annotated[
             Any,
-            Field(description="JSON body for POST/PATCH: an object, or an array of objects "
-                  "(amoCRM creates and updates in arrays)."),
+            Field(
+                description="JSON body for POST/PATCH: an object, or an array of objects "
+                "(amoCRM creates and updates in arrays)."
+            ),
         ] = None,
         all_pages: Annotated[
-            bool, Field(description="For lists: follow _links.next over all pages, up to max_pages.")
+            bool,
+            Field(description="For lists: follow _links.next over all pages, up to max_pages."),
         ] = False,
         max_pages: Annotated[
             int, Field(description="Page cap when all_pages is true.", ge=1, le=200)
@@ -206,19 +220,31 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         with _as_tool_errors():
             client = state.require_amocrm()
             cap = min(max_pages, state.settings.amocrm_max_pages)
-            return _answer(await call_api(
-                client, state.store, method, path, query, _json_argument(body, "body"),
-                all_pages=all_pages, max_pages=cap, progress=_progress(ctx),
-            ))
+            return _answer(
+                await call_api(
+                    client,
+                    state.store,
+                    method,
+                    path,
+                    query,
+                    _json_argument(body, "body"),
+                    all_pages=all_pages,
+                    max_pages=cap,
+                    progress=_progress(ctx),
+                )
+            )
 
     @_tool(
         title="Forward a lead to amoCRM",
         annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
             open_world_hint=True,
         ),
     )
     async def forward_lead_to_amocrm(
+        *,
         name: Annotated[str, Field(description="The person's name.")] = "",
         phone: Annotated[
             str, Field(description="Phone in any common format: +7 916 123-45-67, 8 916 ...")
@@ -231,23 +257,29 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             str, Field(description="Where the lead came from, e.g. 'site form', 'Telegram'.")
         ] = "",
         external_id: Annotated[
-            str, Field(description="Your id for this lead (form submission id, chat id). The "
-                       "same external_id forwarded again returns the first result and creates "
-                       "nothing. Strongly recommended.")
+            str,
+            Field(
+                description="Your id for this lead (form submission id, chat id). The "
+                "same external_id forwarded again returns the first result and creates "
+                "nothing. Strongly recommended."
+            ),
         ] = "",
-        price: Annotated[int, Field(description="Deal value, whole units of the account's "
-                                    "currency.", ge=0)] = 0,
+        price: Annotated[
+            int, Field(description="Deal value, whole units of the account's currency.", ge=0)
+        ] = 0,
         pipeline_id: Annotated[
             int, Field(description="Pipeline id; 0 = the account's main pipeline.", ge=0)
         ] = 0,
         status_id: Annotated[
             int, Field(description="Status id within that pipeline; 0 = its first stage.", ge=0)
         ] = 0,
-        tags: Annotated[list[str], Field(description="Tag names for the deal.")] = [],
+        tags: Annotated[
+            list[str], Field(description="Tag names for the deal.", default_factory=list)
+        ],
         lead_name: Annotated[
             str, Field(description="Deal title; default '<source>: <name>'.")
         ] = "",
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context,
     ) -> Answer:
         """Turn an inbound lead into an amoCRM deal linked to its contact. Needs phone or email.
         An existing contact with the same phone (compared by its last 10 digits, so +7/8 formats
@@ -258,9 +290,17 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         with _as_tool_errors():
             client = state.require_amocrm()
             lead = amocrm_leads.prepare(
-                name=name, phone=phone, email=email, message=message, source=source,
-                external_id=external_id, price=price, pipeline_id=pipeline_id,
-                status_id=status_id, tags=tags, lead_name=lead_name,
+                name=name,
+                phone=phone,
+                email=email,
+                message=message,
+                source=source,
+                external_id=external_id,
+                price=price,
+                pipeline_id=pipeline_id,
+                status_id=status_id,
+                tags=tags,
+                lead_name=lead_name,
                 region=state.settings.default_region,
             )
             return _answer(await amocrm_leads.forward(client, state.store, lead))
@@ -268,30 +308,41 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
     @_tool(
         title="Moizvonki API action",
         annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+            read_only_hint=False,
+            destructive_hint=True,
+            idempotent_hint=False,
             open_world_hint=True,
         ),
     )
     async def call_moizvonki_api(
+        *,
         action: Annotated[
             MoizvonkiAction,
-            Field(description="The Moizvonki action. calls.make_call rings the configured "
-                  "user's phone; calls.send_sms sends from it; company.* and webhook.* need an "
-                  "administrator; company.delete_employee deletes the user AND all their calls."),
+            Field(
+                description="The Moizvonki action. calls.make_call rings the configured "
+                "user's phone; calls.send_sms sends from it; company.* and webhook.* need an "
+                "administrator; company.delete_employee deletes the user AND all their calls."
+            ),
         ],
         params: Annotated[
             dict[str, Any],
-            Field(description="Action parameters at top level, without credentials. calls.list: "
-                  "from_date/to_date (Unix seconds or ISO date), or from_id (a db_call_id, "
-                  "inclusive); from_offset; max_results 1-100. calls.make_call: to. "
-                  "calls.send_sms: to, text."),
-        ] = {},
+            Field(
+                description="Action parameters at top level, without credentials. calls.list: "
+                "from_date/to_date (Unix seconds or ISO date), or from_id (a db_call_id, "
+                "inclusive); from_offset; max_results 1-100. calls.make_call: to. "
+                "calls.send_sms: to, text.",
+                default_factory=dict,
+            ),
+        ],
         all_pages: Annotated[
-            bool, Field(description="For list actions: follow results_next_offset over all "
-                        "pages, up to max_pages.")
+            bool,
+            Field(
+                description="For list actions: follow results_next_offset over all "
+                "pages, up to max_pages."
+            ),
         ] = False,
         max_pages: Annotated[int, Field(description="Page cap for all_pages.", ge=1, le=500)] = 20,
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context,
     ) -> Answer:
         """Run one Moizvonki API action; the server adds the login and key. Calls: direction 0
         is incoming, 1 outgoing; `answered` (not duration) says whether it was answered; times
@@ -301,27 +352,37 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_moizvonki()
-            return _answer(await call_action(
-                client, state.store, action, _json_argument(params, "params") or {},
-                state.settings.zone, all_pages=all_pages, max_pages=max_pages,
-                progress=_progress(ctx),
-            ))
+            return _answer(
+                await call_action(
+                    client,
+                    state.store,
+                    action,
+                    _json_argument(params, "params") or {},
+                    state.settings.zone,
+                    all_pages=all_pages,
+                    max_pages=max_pages,
+                    progress=_progress(ctx),
+                )
+            )
 
     @_tool(
         title="Call analytics (Moizvonki)",
         annotations=ToolAnnotations(
-            read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+            read_only_hint=True,
+            destructive_hint=False,
+            idempotent_hint=True,
             open_world_hint=True,
         ),
     )
     async def get_moizvonki_analytics(
+        *,
         date_from: Annotated[
             str, Field(description="First day, ISO date (2026-12-01), inclusive. Empty: today.")
         ] = "",
         date_to: Annotated[
             str, Field(description="Last day, ISO date, inclusive. Empty: today.")
         ] = "",
-        ctx: Context = None,  # type: ignore[assignment]
+        ctx: Context,
     ) -> Answer:
         """Call statistics for whole days in the business time zone, from the synced call log.
         Both dates inclusive; no dates = today; only date_from = from then to today; only
@@ -334,9 +395,16 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_moizvonki()
-            return _answer(await analytics_report(
-                client, state.store, state.settings.zone, date_from, date_to,
-                freshness=state.settings.analytics_freshness, progress=_progress(ctx),
-            ))
+            return _answer(
+                await analytics_report(
+                    client,
+                    state.store,
+                    state.settings.zone,
+                    date_from,
+                    date_to,
+                    freshness=state.settings.analytics_freshness,
+                    progress=_progress(ctx),
+                )
+            )
 
     return server

@@ -47,9 +47,20 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     entity = {"raw": str, "fetched_at": int}
     db["amocrm_leads"].create(
         {
-            "id": int, "name": str, "price": int, "pipeline_id": int, "status_id": int,
-            "responsible_user_id": int, "contact_id": int, "company_id": int, "tags": str,
-            "created_at": int, "updated_at": int, "closed_at": int, "is_deleted": int, **entity,
+            "id": int,
+            "name": str,
+            "price": int,
+            "pipeline_id": int,
+            "status_id": int,
+            "responsible_user_id": int,
+            "contact_id": int,
+            "company_id": int,
+            "tags": str,
+            "created_at": int,
+            "updated_at": int,
+            "closed_at": int,
+            "is_deleted": int,
+            **entity,
         },
         pk="id",
     )
@@ -57,15 +68,29 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db["amocrm_leads"].create_index(["created_at"])
     db["amocrm_contacts"].create(
         {
-            "id": int, "name": str, "first_name": str, "last_name": str,
-            "responsible_user_id": int, "phones": str, "phone_last10": str, "emails": str,
-            "created_at": int, "updated_at": int, **entity,
+            "id": int,
+            "name": str,
+            "first_name": str,
+            "last_name": str,
+            "responsible_user_id": int,
+            "phones": str,
+            "phone_last10": str,
+            "emails": str,
+            "created_at": int,
+            "updated_at": int,
+            **entity,
         },
         pk="id",
     )
     db["amocrm_companies"].create(
-        {"id": int, "name": str, "responsible_user_id": int, "created_at": int,
-         "updated_at": int, **entity},
+        {
+            "id": int,
+            "name": str,
+            "responsible_user_id": int,
+            "created_at": int,
+            "updated_at": int,
+            **entity,
+        },
         pk="id",
     )
     db["amocrm_pipelines"].create(
@@ -73,8 +98,15 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db["amocrm_statuses"].create(
-        {"pipeline_id": int, "id": int, "name": str, "sort": int, "type": int, "color": str,
-         **entity},
+        {
+            "pipeline_id": int,
+            "id": int,
+            "name": str,
+            "sort": int,
+            "type": int,
+            "color": str,
+            **entity,
+        },
         pk=("pipeline_id", "id"),
     )
     db["amocrm_users"].create(
@@ -83,10 +115,22 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     )
     db["forwarded_leads"].create(
         {
-            "id": str, "external_id": str, "status": str, "name": str, "phone": str,
-            "email": str, "source": str, "lead_id": int, "contact_id": int,
-            "contact_existed": int, "lead_url": str, "attempts": int, "last_error": str,
-            "request": str, "created_at": int, "updated_at": int,
+            "id": str,
+            "external_id": str,
+            "status": str,
+            "name": str,
+            "phone": str,
+            "email": str,
+            "source": str,
+            "lead_id": int,
+            "contact_id": int,
+            "contact_existed": int,
+            "lead_url": str,
+            "attempts": int,
+            "last_error": str,
+            "request": str,
+            "created_at": int,
+            "updated_at": int,
         },
         pk="id",
     )
@@ -94,10 +138,22 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db["forwarded_leads"].create_index(["status"])
     db["moizvonki_calls"].create(
         {
-            "db_call_id": int, "direction": int, "answered": int, "start_time": int,
-            "answer_time": int, "end_time": int, "duration": int, "upload_time": int,
-            "client_number": str, "client_last10": str, "client_name": str, "user_id": int,
-            "user_account": str, "src_number": str, "recording": str, **entity,
+            "db_call_id": int,
+            "direction": int,
+            "answered": int,
+            "start_time": int,
+            "answer_time": int,
+            "end_time": int,
+            "duration": int,
+            "upload_time": int,
+            "client_number": str,
+            "client_last10": str,
+            "client_name": str,
+            "user_id": int,
+            "user_account": str,
+            "src_number": str,
+            "recording": str,
+            **entity,
         },
         pk="db_call_id",
     )
@@ -105,13 +161,26 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db["moizvonki_calls"].create_index(["user_account", "start_time"])
     db["moizvonki_calls"].create_index(["client_last10"])
     db["moizvonki_employees"].create(
-        {"id": int, "display_name": str, "email": str, "group_id": int, "group_name": str,
-         "role": str, **entity},
+        {
+            "id": int,
+            "display_name": str,
+            "email": str,
+            "group_id": int,
+            "group_name": str,
+            "role": str,
+            **entity,
+        },
         pk="id",
     )
     db["sync_state"].create(
-        {"name": str, "cursor": int, "covered_from": int, "last_synced_at": int,
-         "last_error": str, "info": str},
+        {
+            "name": str,
+            "cursor": int,
+            "covered_from": int,
+            "last_synced_at": int,
+            "last_error": str,
+            "info": str,
+        },
         pk="name",
     )
 
@@ -177,19 +246,25 @@ class Store:
             main = next((c for c in contacts if c.get("is_main")), contacts[0] if contacts else {})
             companies = embedded.get("companies") or []
             tags = [t.get("name", "") for t in embedded.get("tags") or [] if isinstance(t, dict)]
-            rows.append({
-                "id": _int(lead["id"]), "name": lead.get("name"), "price": _int(lead.get("price")),
-                "pipeline_id": _int(lead.get("pipeline_id")),
-                "status_id": _int(lead.get("status_id")),
-                "responsible_user_id": _int(lead.get("responsible_user_id")),
-                "contact_id": _int(main.get("id")) if main else None,
-                "company_id": _int(companies[0].get("id")) if companies else None,
-                "tags": ",".join(tags), "created_at": _int(lead.get("created_at")),
-                "updated_at": _int(lead.get("updated_at")),
-                "closed_at": _int(lead.get("closed_at")),
-                "is_deleted": int(bool(lead.get("is_deleted"))),
-                "raw": _json(lead), "fetched_at": now,
-            })
+            rows.append(
+                {
+                    "id": _int(lead["id"]),
+                    "name": lead.get("name"),
+                    "price": _int(lead.get("price")),
+                    "pipeline_id": _int(lead.get("pipeline_id")),
+                    "status_id": _int(lead.get("status_id")),
+                    "responsible_user_id": _int(lead.get("responsible_user_id")),
+                    "contact_id": _int(main.get("id")) if main else None,
+                    "company_id": _int(companies[0].get("id")) if companies else None,
+                    "tags": ",".join(tags),
+                    "created_at": _int(lead.get("created_at")),
+                    "updated_at": _int(lead.get("updated_at")),
+                    "closed_at": _int(lead.get("closed_at")),
+                    "is_deleted": int(bool(lead.get("is_deleted"))),
+                    "raw": _json(lead),
+                    "fetched_at": now,
+                }
+            )
         return self._upsert("amocrm_leads", rows, "id")
 
     def upsert_contacts(self, contacts: Iterable[dict[str, Any]]) -> int:
@@ -201,25 +276,35 @@ class Store:
             phone_values = field_values(contact, "PHONE")
             emails = [e.strip().lower() for e in field_values(contact, "EMAIL") if e.strip()]
             tails = sorted({t for t in map(phones.last10, phone_values) if t})
-            rows.append({
-                "id": _int(contact["id"]), "name": contact.get("name"),
-                "first_name": contact.get("first_name"), "last_name": contact.get("last_name"),
-                "responsible_user_id": _int(contact.get("responsible_user_id")),
-                "phones": _json(phone_values), "phone_last10": " ".join(tails),
-                "emails": _json(emails), "created_at": _int(contact.get("created_at")),
-                "updated_at": _int(contact.get("updated_at")), "raw": _json(contact),
-                "fetched_at": now,
-            })
+            rows.append(
+                {
+                    "id": _int(contact["id"]),
+                    "name": contact.get("name"),
+                    "first_name": contact.get("first_name"),
+                    "last_name": contact.get("last_name"),
+                    "responsible_user_id": _int(contact.get("responsible_user_id")),
+                    "phones": _json(phone_values),
+                    "phone_last10": " ".join(tails),
+                    "emails": _json(emails),
+                    "created_at": _int(contact.get("created_at")),
+                    "updated_at": _int(contact.get("updated_at")),
+                    "raw": _json(contact),
+                    "fetched_at": now,
+                }
+            )
         return self._upsert("amocrm_contacts", rows, "id")
 
     def upsert_companies(self, companies: Iterable[dict[str, Any]]) -> int:
         now = _now()
         rows = [
             {
-                "id": _int(c["id"]), "name": c.get("name"),
+                "id": _int(c["id"]),
+                "name": c.get("name"),
                 "responsible_user_id": _int(c.get("responsible_user_id")),
-                "created_at": _int(c.get("created_at")), "updated_at": _int(c.get("updated_at")),
-                "raw": _json(c), "fetched_at": now,
+                "created_at": _int(c.get("created_at")),
+                "updated_at": _int(c.get("updated_at")),
+                "raw": _json(c),
+                "fetched_at": now,
             }
             for c in companies
             if _int(c.get("id")) is not None
@@ -234,12 +319,17 @@ class Store:
             if pipeline_id is None:
                 continue
             statuses = (pipeline.get("_embedded") or {}).get("statuses") or []
-            pipeline_rows.append({
-                "id": pipeline_id, "name": pipeline.get("name"), "sort": _int(pipeline.get("sort")),
-                "is_main": int(bool(pipeline.get("is_main"))),
-                "is_archive": int(bool(pipeline.get("is_archive"))),
-                "raw": _json(pipeline), "fetched_at": now,
-            })
+            pipeline_rows.append(
+                {
+                    "id": pipeline_id,
+                    "name": pipeline.get("name"),
+                    "sort": _int(pipeline.get("sort")),
+                    "is_main": int(bool(pipeline.get("is_main"))),
+                    "is_archive": int(bool(pipeline.get("is_archive"))),
+                    "raw": _json(pipeline),
+                    "fetched_at": now,
+                }
+            )
             status_rows.extend(self._status_row(status, pipeline_id, now) for status in statuses)
         self._upsert("amocrm_statuses", [r for r in status_rows if r], ("pipeline_id", "id"))
         return self._upsert("amocrm_pipelines", pipeline_rows, "id")
@@ -256,9 +346,14 @@ class Store:
         if status_id is None or pipeline_id is None:
             return None
         return {
-            "pipeline_id": pipeline_id, "id": status_id, "name": status.get("name"),
-            "sort": _int(status.get("sort")), "type": _int(status.get("type")),
-            "color": status.get("color"), "raw": _json(status), "fetched_at": now,
+            "pipeline_id": pipeline_id,
+            "id": status_id,
+            "name": status.get("name"),
+            "sort": _int(status.get("sort")),
+            "type": _int(status.get("type")),
+            "color": status.get("color"),
+            "raw": _json(status),
+            "fetched_at": now,
         }
 
     def upsert_users(self, users: Iterable[dict[str, Any]]) -> int:
@@ -268,12 +363,17 @@ class Store:
             if _int(user.get("id")) is None:
                 continue
             rights = user.get("rights") or {}
-            rows.append({
-                "id": _int(user["id"]), "name": user.get("name"), "email": user.get("email"),
-                "is_admin": int(bool(rights.get("is_admin"))),
-                "is_active": int(bool(rights.get("is_active", True))),
-                "raw": _json(user), "fetched_at": now,
-            })
+            rows.append(
+                {
+                    "id": _int(user["id"]),
+                    "name": user.get("name"),
+                    "email": user.get("email"),
+                    "is_admin": int(bool(rights.get("is_admin"))),
+                    "is_active": int(bool(rights.get("is_active", True))),
+                    "raw": _json(user),
+                    "fetched_at": now,
+                }
+            )
         return self._upsert("amocrm_users", rows, "id")
 
     # --- forwarded leads ----------------------------------------------------------------------
@@ -320,26 +420,41 @@ class Store:
                 continue
             highest = call_id if highest is None else max(highest, call_id)
             number = str(call.get("client_number") or "").strip()
-            rows.append({
-                "db_call_id": call_id, "direction": _int(call.get("direction")),
-                "answered": 1 if _int(call.get("answered")) == 1 else 0,
-                "start_time": start, "answer_time": _int(call.get("answer_time")) or 0,
-                "end_time": _int(call.get("end_time")), "duration": _int(call.get("duration")) or 0,
-                "upload_time": _int(call.get("upload_time")), "client_number": number,
-                "client_last10": phones.last10(number), "client_name": call.get("client_name"),
-                "user_id": _int(call.get("user_id")), "user_account": call.get("user_account"),
-                "src_number": call.get("src_number"), "recording": call.get("recording") or "",
-                "raw": _json(call), "fetched_at": now,
-            })
+            rows.append(
+                {
+                    "db_call_id": call_id,
+                    "direction": _int(call.get("direction")),
+                    "answered": 1 if _int(call.get("answered")) == 1 else 0,
+                    "start_time": start,
+                    "answer_time": _int(call.get("answer_time")) or 0,
+                    "end_time": _int(call.get("end_time")),
+                    "duration": _int(call.get("duration")) or 0,
+                    "upload_time": _int(call.get("upload_time")),
+                    "client_number": number,
+                    "client_last10": phones.last10(number),
+                    "client_name": call.get("client_name"),
+                    "user_id": _int(call.get("user_id")),
+                    "user_account": call.get("user_account"),
+                    "src_number": call.get("src_number"),
+                    "recording": call.get("recording") or "",
+                    "raw": _json(call),
+                    "fetched_at": now,
+                }
+            )
         return self._upsert("moizvonki_calls", rows, "db_call_id"), highest
 
     def upsert_employees(self, employees: Iterable[dict[str, Any]]) -> int:
         now = _now()
         rows = [
             {
-                "id": _int(e["id"]), "display_name": e.get("display_name"), "email": e.get("email"),
-                "group_id": _int(e.get("group_id")), "group_name": e.get("group_name"),
-                "role": e.get("role"), "raw": _json(e), "fetched_at": now,
+                "id": _int(e["id"]),
+                "display_name": e.get("display_name"),
+                "email": e.get("email"),
+                "group_id": _int(e.get("group_id")),
+                "group_name": e.get("group_name"),
+                "role": e.get("role"),
+                "raw": _json(e),
+                "fetched_at": now,
             }
             for e in employees
             if _int(e.get("id")) is not None

@@ -19,31 +19,47 @@ def at(day: str, hhmm: str, zone=MOSCOW) -> int:
 
 
 def call(call_id, start, direction, answered, duration, account="a@x.ru"):
-    return {"db_call_id": call_id, "start_time": start, "direction": direction,
-            "answered": answered, "duration": duration, "user_account": account,
-            "client_number": "+79160000000"}
+    return {
+        "db_call_id": call_id,
+        "start_time": start,
+        "direction": direction,
+        "answered": answered,
+        "duration": duration,
+        "user_account": account,
+        "client_number": "+79160000000",
+    }
 
 
 def test_direction_zero_is_incoming():
     store = Store()
-    store.upsert_calls([call(1, at("2026-11-02", "10:00"), 0, 1, 60),
-                        call(2, at("2026-11-02", "11:00"), 1, 1, 30),
-                        call(3, at("2026-11-02", "12:00"), 1, 1, 30)])
+    store.upsert_calls(
+        [
+            call(1, at("2026-11-02", "10:00"), 0, 1, 60),
+            call(2, at("2026-11-02", "11:00"), 1, 1, 30),
+            call(3, at("2026-11-02", "12:00"), 1, 1, 30),
+        ]
+    )
     result = analytics.compute(store, dt.date(2026, 11, 2), dt.date(2026, 11, 2), MOSCOW)
     assert (result["incoming"], result["outgoing"]) == (1, 2)
 
 
 def test_answered_comes_from_the_flag_not_the_duration():
     store = Store()
-    store.upsert_calls([
-        call(1, at("2026-11-02", "10:00"), 1, 0, 25),  # rang 25 s, nobody picked up
-        call(2, at("2026-11-02", "10:05"), 1, "1", 100),  # answered sent as text
-        call(3, at("2026-11-02", "10:10"), 0, 0, 0),
-    ])
+    store.upsert_calls(
+        [
+            call(1, at("2026-11-02", "10:00"), 1, 0, 25),  # rang 25 s, nobody picked up
+            call(2, at("2026-11-02", "10:05"), 1, "1", 100),  # answered sent as text
+            call(3, at("2026-11-02", "10:10"), 0, 0, 0),
+        ]
+    )
     result = analytics.compute(store, dt.date(2026, 11, 2), dt.date(2026, 11, 2), MOSCOW)
     assert result["answered"] == 1 and result["missed"] == 2
-    assert result["by_status"] == {"incoming_answered": 0, "incoming_missed": 1,
-                                   "outgoing_answered": 1, "outgoing_missed": 1}
+    assert result["by_status"] == {
+        "incoming_answered": 0,
+        "incoming_missed": 1,
+        "outgoing_answered": 1,
+        "outgoing_missed": 1,
+    }
     assert result["total_duration_seconds"] == 100  # talk time of answered calls only
     assert result["avg_duration_seconds"] == 100.0
 
@@ -51,8 +67,9 @@ def test_answered_comes_from_the_flag_not_the_duration():
 def test_day_boundaries_are_in_the_business_zone():
     store = Store()
     # 23:30 Moscow on Nov 1 is 20:30 UTC on Nov 1; 00:30 Moscow on Nov 2 is 21:30 UTC on Nov 1.
-    store.upsert_calls([call(1, at("2026-11-01", "23:30"), 0, 1, 10),
-                        call(2, at("2026-11-02", "00:30"), 0, 1, 10)])
+    store.upsert_calls(
+        [call(1, at("2026-11-01", "23:30"), 0, 1, 10), call(2, at("2026-11-02", "00:30"), 0, 1, 10)]
+    )
     result = analytics.compute(store, dt.date(2026, 11, 1), dt.date(2026, 11, 2), MOSCOW)
     assert result["by_day"]["2026-11-01"]["total_calls"] == 1
     assert result["by_day"]["2026-11-02"]["total_calls"] == 1
@@ -72,20 +89,29 @@ def test_days_without_calls_are_zero():
 def test_by_employee_uses_names_when_known():
     store = Store()
     store.upsert_employees([{"id": 1, "display_name": "Анна Смирнова", "email": "anna@x.ru"}])
-    store.upsert_calls([call(1, at("2026-11-02", "10:00"), 0, 1, 10, "anna@x.ru"),
-                        call(2, at("2026-11-02", "10:00"), 0, 1, 10, "anna@x.ru"),
-                        call(3, at("2026-11-02", "10:00"), 1, 0, 5, "ivan@x.ru")])
+    store.upsert_calls(
+        [
+            call(1, at("2026-11-02", "10:00"), 0, 1, 10, "anna@x.ru"),
+            call(2, at("2026-11-02", "10:00"), 0, 1, 10, "anna@x.ru"),
+            call(3, at("2026-11-02", "10:00"), 1, 0, 5, "ivan@x.ru"),
+        ]
+    )
     rows = analytics.compute(store, dt.date(2026, 11, 2), dt.date(2026, 11, 2), MOSCOW)[
-        "by_employee"]
+        "by_employee"
+    ]
     assert [(r["employee"], r["total_calls"]) for r in rows] == [
-        ("Анна Смирнова", 2), ("ivan@x.ru", 1)]
+        ("Анна Смирнова", 2),
+        ("ivan@x.ru", 1),
+    ]
 
 
 def test_period_defaults_and_refusals():
     now = dt.datetime(2026, 12, 3, 1, 0, tzinfo=MOSCOW)
     assert analytics.period("", "", MOSCOW, now) == (dt.date(2026, 12, 3),) * 2
-    assert analytics.period("2026-12-01", "", MOSCOW, now) == (dt.date(2026, 12, 1),
-                                                              dt.date(2026, 12, 3))
+    assert analytics.period("2026-12-01", "", MOSCOW, now) == (
+        dt.date(2026, 12, 1),
+        dt.date(2026, 12, 3),
+    )
     assert analytics.period("", "2026-11-05", MOSCOW, now) == (dt.date(2026, 11, 5),) * 2
     with pytest.raises(InvalidArgument, match="before date_from"):
         analytics.period("2026-12-02", "2026-12-01", MOSCOW, now)
@@ -99,7 +125,7 @@ def test_period_defaults_and_refusals():
 
 def test_today_is_the_business_zone_today():
     # 22:30 UTC on Dec 2 is already Dec 3 in Moscow.
-    late_utc = dt.datetime(2026, 12, 2, 22, 30, tzinfo=dt.timezone.utc)
+    late_utc = dt.datetime(2026, 12, 2, 22, 30, tzinfo=dt.UTC)
     assert analytics.period("", "", MOSCOW, late_utc)[0] == dt.date(2026, 12, 3)
 
 

@@ -11,8 +11,14 @@ from tariti_mcp.config import (
 )
 
 SEED_NAMES = (
-    "AMOCRM_BASE_URL", "AMOCRM_API_KEY", "MOIZVONKI_API_KEY", "MOIZVONKI_USER",
-    "MOIZVONKI_BASE_URL", "TARITI_DB_PATH", "TARITI_TIMEZONE", "TARITI_ENV_FILE",
+    "AMOCRM_BASE_URL",
+    "AMOCRM_API_KEY",
+    "MOIZVONKI_API_KEY",
+    "MOIZVONKI_USER",
+    "MOIZVONKI_BASE_URL",
+    "TARITI_DB_PATH",
+    "TARITI_TIMEZONE",
+    "TARITI_ENV_FILE",
 )
 
 
@@ -75,8 +81,12 @@ def test_moizvonki_url_accepted(raw, expected):
 
 @pytest.mark.parametrize(
     "raw",
-    ["https://moizvonki.evil.ru/api/v1", "http://acme.moizvonki.ru/api/v1",
-     "https://acme.moizvonki.ru/other", "https://10.0.0.5/api/v1"],
+    [
+        "https://moizvonki.evil.ru/api/v1",
+        "http://acme.moizvonki.ru/api/v1",
+        "https://acme.moizvonki.ru/other",
+        "https://10.0.0.5/api/v1",
+    ],
 )
 def test_moizvonki_url_refused(raw):
     with pytest.raises(ConfigError, match="MOIZVONKI_BASE_URL"):

@@ -35,12 +35,16 @@ def body_of(request: httpx.Request) -> dict:
 @pytest.mark.anyio
 @respx.mock(assert_all_called=False)
 async def test_credentials_travel_in_the_body_only(respx_mock, client):
-    route = respx_mock.post(URL).mock(return_value=httpx.Response(
-        200, json={"results_count": 0, "results": []}))
+    route = respx_mock.post(URL).mock(
+        return_value=httpx.Response(200, json={"results_count": 0, "results": []})
+    )
     await client.call("calls.get_sms_templates")
     request = route.calls.last.request
-    assert body_of(request) == {"user_name": USER, "api_key": KEY,
-                                "action": "calls.get_sms_templates"}
+    assert body_of(request) == {
+        "user_name": USER,
+        "api_key": KEY,
+        "action": "calls.get_sms_templates",
+    }
     assert KEY not in str(request.url) and "authorization" not in request.headers
 
 
@@ -48,19 +52,30 @@ async def test_credentials_travel_in_the_body_only(respx_mock, client):
 @respx.mock(assert_all_called=False)
 async def test_next_offset_is_assigned_not_added(respx_mock, client):
     pages = {
-        0: {"results_next_offset": 2, "results_count": 2, "results_remains": 3,
-            "results": [{"db_call_id": 10}, {"db_call_id": 11}]},
-        2: {"results_next_offset": 4, "results_count": 2, "results_remains": 1,
-            "results": [{"db_call_id": 12}, {"db_call_id": 13}]},
-        4: {"results_next_offset": 0, "results_count": 1, "results_remains": 0,
-            "results": [{"db_call_id": 14}]},
+        0: {
+            "results_next_offset": 2,
+            "results_count": 2,
+            "results_remains": 3,
+            "results": [{"db_call_id": 10}, {"db_call_id": 11}],
+        },
+        2: {
+            "results_next_offset": 4,
+            "results_count": 2,
+            "results_remains": 1,
+            "results": [{"db_call_id": 12}, {"db_call_id": 13}],
+        },
+        4: {
+            "results_next_offset": 0,
+            "results_count": 1,
+            "results_remains": 0,
+            "results": [{"db_call_id": 14}],
+        },
     }
     route = respx_mock.post(URL).mock(
         side_effect=lambda request: httpx.Response(200, json=pages[body_of(request)["from_offset"]])
     )
     seen = []
-    async for page in client.pages("calls.list", {"from_id": 10, "max_results": 500},
-                                   max_pages=10):
+    async for page in client.pages("calls.list", {"from_id": 10, "max_results": 500}, max_pages=10):
         seen.extend(c["db_call_id"] for c in page["results"])
     assert seen == [10, 11, 12, 13, 14]
     sent = [body_of(call.request) for call in route.calls]
@@ -71,8 +86,12 @@ async def test_next_offset_is_assigned_not_added(respx_mock, client):
 @pytest.mark.anyio
 @respx.mock(assert_all_called=False)
 async def test_paging_stops_when_offset_does_not_advance(respx_mock, client):
-    page = {"results_next_offset": 0 + 3, "results_count": 1, "results_remains": 5,
-            "results": [{"db_call_id": 1}]}
+    page = {
+        "results_next_offset": 0 + 3,
+        "results_count": 1,
+        "results_remains": 5,
+        "results": [{"db_call_id": 1}],
+    }
     route = respx_mock.post(URL).mock(return_value=httpx.Response(200, json=page))
     count = 0
     async for _ in client.pages("calls.list", {"from_id": 1, "from_offset": 3}, max_pages=50):
@@ -85,14 +104,16 @@ async def test_paging_stops_when_offset_does_not_advance(respx_mock, client):
 async def test_plain_text_success(respx_mock, client):
     respx_mock.post(URL).mock(return_value=httpx.Response(200, text="SMS posted"))
     assert await client.call("calls.send_sms", {"to": "+79161234567", "text": "hi"}) == {
-        "message": "SMS posted"}
+        "message": "SMS posted"
+    }
 
 
 @pytest.mark.anyio
 @respx.mock(assert_all_called=False)
 async def test_bad_credentials(respx_mock, client):
-    respx_mock.post(URL).mock(return_value=httpx.Response(
-        403, text="Username or password is invalid"))
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(403, text="Username or password is invalid")
+    )
     with pytest.raises(AuthFailed) as info:
         await client.call("calls.get_sms_templates")
     assert "MOIZVONKI_API_KEY" in str(info.value) and KEY not in str(info.value)
@@ -126,8 +147,11 @@ async def test_form_fallback_once_on_4xx(respx_mock, client):
     await client.call("calls.get_sms_templates")
     await client.call("calls.get_sms_templates")
     kinds = [c.request.headers["content-type"].split(";")[0] for c in route.calls]
-    assert kinds == ["application/json", "application/x-www-form-urlencoded",
-                     "application/x-www-form-urlencoded"]
+    assert kinds == [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded",
+    ]
 
 
 @pytest.mark.anyio
@@ -142,8 +166,9 @@ async def test_make_call_not_retried_after_timeout(respx_mock, client):
 @pytest.mark.anyio
 @respx.mock(assert_all_called=False)
 async def test_list_retried_after_timeout(respx_mock, client):
-    route = respx_mock.post(URL).mock(side_effect=[
-        httpx.ReadTimeout("slow"), httpx.Response(200, json={"results": []})])
+    route = respx_mock.post(URL).mock(
+        side_effect=[httpx.ReadTimeout("slow"), httpx.Response(200, json={"results": []})]
+    )
     assert await client.call("calls.list", {"from_id": 1}) == {"results": []}
     assert route.call_count == 2
 

@@ -7,8 +7,14 @@ from tariti_mcp import phones
 
 
 def test_russian_formats_normalise_to_one_number():
-    forms = ["+7 (916) 123-45-67", "8 916 123 45 67", "79161234567", "+79161234567",
-             "8(916)1234567", "916 123-45-67"]
+    forms = [
+        "+7 (916) 123-45-67",
+        "8 916 123 45 67",
+        "79161234567",
+        "+79161234567",
+        "8(916)1234567",
+        "916 123-45-67",
+    ]
     assert {phones.normalize(f) for f in forms} == {"+79161234567"}
 
 
@@ -28,8 +34,12 @@ def test_foreign_number_kept_with_country_code():
     assert phones.normalize("+44 20 7946 0958") == "+442079460958"
 
 
-@given(st.from_regex(r"9[0-9]{9}", fullmatch=True),
-       st.sampled_from(["+7 ({a}) {b}-{c}-{d}", "8 {a} {b} {c} {d}", "7{a}{b}{c}{d}", "8{a}{b}{c}{d}"]))
+@given(
+    st.from_regex(r"9[0-9]{9}", fullmatch=True),
+    st.sampled_from(
+        ["+7 ({a}) {b}-{c}-{d}", "8 {a} {b} {c} {d}", "7{a}{b}{c}{d}", "8{a}{b}{c}{d}"]
+    ),
+)
 def test_any_format_of_a_mobile_is_the_same_line(national, template):
     formatted = template.format(a=national[:3], b=national[3:6], c=national[6:8], d=national[8:])
     assert phones.same_line(formatted, "+7" + national)

@@ -22,8 +22,12 @@ def data():
 
 
 def phones(contact):
-    return [value["value"] for field in contact["custom_fields_values"]
-            if field["field_code"] == "PHONE" for value in field["values"]]
+    return [
+        value["value"]
+        for field in contact["custom_fields_values"]
+        if field["field_code"] == "PHONE"
+        for value in field["values"]
+    ]
 
 
 def test_same_seed_same_data(data):
@@ -39,7 +43,7 @@ def test_other_seed_other_data(data):
 def test_later_the_same_day_keeps_the_past_calls(data):
     later = generate(seed=7, calls=4000, days=30, now=NOON + 3 * 3600)
     assert later.leads == data.leads
-    assert later.calls[:len(data.calls)] == data.calls
+    assert later.calls[: len(data.calls)] == data.calls
     assert len(later.calls) > len(data.calls)
 
 
@@ -119,8 +123,7 @@ def test_client_numbers_as_phones_log_them(data):
     sims = {employee.src_number for employee in data.employees}
     assert any(number in sims for number in numbers)
 
-    crm_tails = {digits_only(phone)[-10:] for contact in data.contacts
-                 for phone in phones(contact)}
+    crm_tails = {digits_only(phone)[-10:] for contact in data.contacts for phone in phones(contact)}
     client_calls = [number for number in numbers if len(number) >= 10 and number not in sims]
     share = sum(digits_only(number)[-10:] in crm_tails for number in client_calls)
     assert share / len(client_calls) > 0.4
@@ -144,20 +147,24 @@ def test_employees_one_admin_with_calls(data):
     assert len({employee.email for employee in data.employees}) == 6
 
 
-@pytest.mark.parametrize("pattern", [
-    r"^\+7 \(\d{3}\) \d{3}-\d{2}-\d{2}$",
-    r"^8 \d{3} \d{3} \d{2} \d{2}$",
-    r"^7\d{10}$",
-    r"^\+7\d{10}$",
-    r"^8\(\d{3}\)\d{7}$",
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^\+7 \(\d{3}\) \d{3}-\d{2}-\d{2}$",
+        r"^8 \d{3} \d{3} \d{2} \d{2}$",
+        r"^7\d{10}$",
+        r"^\+7\d{10}$",
+        r"^8\(\d{3}\)\d{7}$",
+    ],
+)
 def test_contact_phones_in_mixed_formats(data, pattern):
     assert any(re.match(pattern, phone) for contact in data.contacts for phone in phones(contact))
 
 
 def test_some_comments_quote_another_contacts_number(data):
-    comment_field = next(field for field in data.custom_fields["contacts"]
-                         if field["name"] == "Комментарий")
+    comment_field = next(
+        field for field in data.custom_fields["contacts"] if field["name"] == "Комментарий"
+    )
     quoted = 0
     for contact in data.contacts:
         own = {digits_only(phone)[-10:] for phone in phones(contact)}
@@ -165,8 +172,12 @@ def test_some_comments_quote_another_contacts_number(data):
             if field["field_id"] != comment_field["id"]:
                 continue
             digits = digits_only(field["values"][0]["value"])
-            others = [other for other in data.contacts if other is not contact and any(
-                digits_only(phone)[-10:] in digits for phone in phones(other))]
+            others = [
+                other
+                for other in data.contacts
+                if other is not contact
+                and any(digits_only(phone)[-10:] in digits for phone in phones(other))
+            ]
             if others and not any(tail in digits for tail in own):
                 quoted += 1
     assert quoted >= 3
@@ -175,9 +186,11 @@ def test_some_comments_quote_another_contacts_number(data):
 def test_contacts_names_and_emails(data):
     assert len(data.contacts) == 300
     assert len({contact["id"] for contact in data.contacts}) == 300
-    with_email = [contact for contact in data.contacts
-                  if any(field["field_code"] == "EMAIL"
-                         for field in contact["custom_fields_values"])]
+    with_email = [
+        contact
+        for contact in data.contacts
+        if any(field["field_code"] == "EMAIL" for field in contact["custom_fields_values"])
+    ]
     assert 0.5 < len(with_email) / len(data.contacts) < 0.7
     assert any(len(phones(contact)) == 2 for contact in data.contacts)
     # Female first names take female surnames.
@@ -216,8 +229,14 @@ def test_custom_field_ids_differ_between_entity_types(data):
     codes = {field["code"] for field in data.custom_fields["contacts"]}
     assert {"PHONE", "EMAIL", "POSITION"} <= codes
     phone = next(field for field in data.custom_fields["contacts"] if field["code"] == "PHONE")
-    assert [enum["value"] for enum in phone["enums"]] == ["WORK", "WORKDD", "MOB", "FAX",
-                                                          "HOME", "OTHER"]
+    assert [enum["value"] for enum in phone["enums"]] == [
+        "WORK",
+        "WORKDD",
+        "MOB",
+        "FAX",
+        "HOME",
+        "OTHER",
+    ]
     lead_codes = {field["code"] for field in data.custom_fields["leads"]}
     assert {"UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM"} <= lead_codes
 

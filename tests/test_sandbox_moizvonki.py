@@ -61,15 +61,19 @@ async def walk(client, sandbox, login, **params):
 
 
 def owner_ids(sandbox, login):
-    employee = next(item for item in sandbox.moizvonki.employees.values()
-                    if item.email == login)
+    employee = next(item for item in sandbox.moizvonki.employees.values() if item.email == login)
     return [call.db_call_id for call in sandbox.moizvonki.calls if call.user_id == employee.id]
 
 
 async def test_env_names_the_admin(sandbox):
     env = sandbox.env
-    assert set(env) == {"AMOCRM_BASE_URL", "AMOCRM_API_KEY", "MOIZVONKI_BASE_URL",
-                        "MOIZVONKI_USER", "MOIZVONKI_API_KEY"}
+    assert set(env) == {
+        "AMOCRM_BASE_URL",
+        "AMOCRM_API_KEY",
+        "MOIZVONKI_BASE_URL",
+        "MOIZVONKI_USER",
+        "MOIZVONKI_API_KEY",
+    }
     admin = next(item for item in sandbox.moizvonki.employees.values() if item.role == "admin")
     assert env["MOIZVONKI_USER"] == admin.email
     assert env["MOIZVONKI_BASE_URL"].endswith("/api/v1")
@@ -77,8 +81,10 @@ async def test_env_names_the_admin(sandbox):
     assert sandbox.moizvonki_manager_user != admin.email
 
 
-@pytest.mark.parametrize("spoil", [lambda key: "wrong", lambda key: key + "\n",
-                                   lambda key: key + " ", lambda key: " " + key])
+@pytest.mark.parametrize(
+    "spoil",
+    [lambda key: "wrong", lambda key: key + "\n", lambda key: key + " ", lambda key: " " + key],
+)
 async def test_bad_key_is_403(client, sandbox, admin, spoil):
     response = await ask(client, sandbox, (admin[0], spoil(admin[1])), "calls.list", from_id=0)
     assert response.status_code == 403
@@ -87,26 +93,27 @@ async def test_bad_key_is_403(client, sandbox, admin, spoil):
 
 
 async def test_unknown_user_is_403(client, sandbox, admin):
-    response = await ask(client, sandbox, ("nobody@example.com", admin[1]), "calls.list",
-                         from_id=0)
+    response = await ask(client, sandbox, ("nobody@example.com", admin[1]), "calls.list", from_id=0)
     assert response.status_code == 403
 
 
 async def test_from_id_is_inclusive(client, sandbox, admin):
     ids = [call.db_call_id for call in sandbox.moizvonki.calls]
     middle = ids[len(ids) // 2]
-    response = await ask(client, sandbox, admin, "calls.list", from_id=middle, supervised=1,
-                         max_results=5)
+    response = await ask(
+        client, sandbox, admin, "calls.list", from_id=middle, supervised=1, max_results=5
+    )
     assert [call["db_call_id"] for call in response.json()["results"]] == ids[
-        len(ids) // 2:len(ids) // 2 + 5]
-    between = await ask(client, sandbox, admin, "calls.list", from_id=middle + 1, supervised=1,
-                        max_results=1)
+        len(ids) // 2 : len(ids) // 2 + 5
+    ]
+    between = await ask(
+        client, sandbox, admin, "calls.list", from_id=middle + 1, supervised=1, max_results=1
+    )
     assert between.json()["results"][0]["db_call_id"] == ids[len(ids) // 2 + 1]
 
 
 async def test_walking_pages_yields_every_call_once_in_id_order(client, sandbox, admin):
-    calls, answers = await walk(client, sandbox, admin, from_date=0, supervised=1,
-                                max_results=100)
+    calls, answers = await walk(client, sandbox, admin, from_date=0, supervised=1, max_results=100)
     ids = [call["db_call_id"] for call in calls]
     assert ids == sorted(set(ids))
     assert ids == [call.db_call_id for call in sandbox.moizvonki.calls]
@@ -116,8 +123,9 @@ async def test_walking_pages_yields_every_call_once_in_id_order(client, sandbox,
 
 
 async def test_max_results_above_100_is_clamped(client, sandbox, admin):
-    response = await ask(client, sandbox, admin, "calls.list", from_date=0, supervised=1,
-                         max_results=500)
+    response = await ask(
+        client, sandbox, admin, "calls.list", from_date=0, supervised=1, max_results=500
+    )
     body = response.json()
     assert body["results_count"] == 100 and len(body["results"]) == 100
     assert body["results_next_offset"] == 100
@@ -149,8 +157,16 @@ async def test_manager_sees_only_own_calls_even_supervised(client, sandbox, mana
 
 async def test_unknown_parameters_are_ignored(client, sandbox, admin):
     plain = await ask(client, sandbox, admin, "calls.list", from_date=0, supervised=1)
-    odd = await ask(client, sandbox, admin, "calls.list", from_date=0, supervised=1,
-                    results_offset=500, date_from=1)
+    odd = await ask(
+        client,
+        sandbox,
+        admin,
+        "calls.list",
+        from_date=0,
+        supervised=1,
+        results_offset=500,
+        date_from=1,
+    )
     assert odd.status_code == 200
     assert odd.json() == plain.json()
 
@@ -163,8 +179,15 @@ async def test_a_date_window_is_required(client, sandbox, admin):
 
 async def test_date_window_on_start_time_with_inclusive_end(client, sandbox, admin):
     target = sandbox.moizvonki.calls[len(sandbox.moizvonki.calls) // 3]
-    response = await ask(client, sandbox, admin, "calls.list", from_date=target.start_time,
-                         to_date=target.start_time, supervised=1)
+    response = await ask(
+        client,
+        sandbox,
+        admin,
+        "calls.list",
+        from_date=target.start_time,
+        to_date=target.start_time,
+        supervised=1,
+    )
     ids = [call["db_call_id"] for call in response.json()["results"]]
     assert target.db_call_id in ids
     assert all(call["start_time"] == target.start_time for call in response.json()["results"])
@@ -175,26 +198,38 @@ async def test_call_fields(client, sandbox, admin):
     for call in calls:
         assert call["direction"] in (0, 1) and call["answered"] in (0, 1)
         assert (call["answer_time"] == 0) == (call["answered"] == 0)
-        assert call["recording"] == "" or call["recording"].endswith(
-            f"/{call['db_call_id']}.mp3")
-        assert {"src_number", "src_id", "src_slot", "event_pbx_call_id", "upload_time",
-                "client_name", "end_time"} <= set(call)
-    assert any(call["direction"] == 1 and not call["answered"] and call["duration"] > 0
-               for call in calls)
+        assert call["recording"] == "" or call["recording"].endswith(f"/{call['db_call_id']}.mp3")
+        assert {
+            "src_number",
+            "src_id",
+            "src_slot",
+            "event_pbx_call_id",
+            "upload_time",
+            "client_name",
+            "end_time",
+        } <= set(call)
+    assert any(
+        call["direction"] == 1 and not call["answered"] and call["duration"] > 0 for call in calls
+    )
 
 
 async def test_form_request_data_is_accepted(client, sandbox, admin):
-    payload = {"user_name": admin[0], "api_key": admin[1], "action": "calls.list",
-               "from_date": 0, "max_results": 3}
-    response = await client.post(sandbox.moizvonki_url,
-                                 data={"request_data": json.dumps(payload)})
+    payload = {
+        "user_name": admin[0],
+        "api_key": admin[1],
+        "action": "calls.list",
+        "from_date": 0,
+        "max_results": 3,
+    }
+    response = await client.post(sandbox.moizvonki_url, data={"request_data": json.dumps(payload)})
     assert response.status_code == 200
     assert response.json()["results_count"] == 3
 
 
 async def test_bodies_that_are_neither_json_nor_form_are_400(client, sandbox):
-    garbage = await client.post(sandbox.moizvonki_url, content=b"action=calls.list",
-                                headers={"content-type": "text/plain"})
+    garbage = await client.post(
+        sandbox.moizvonki_url, content=b"action=calls.list", headers={"content-type": "text/plain"}
+    )
     assert garbage.status_code == 400
     wrong_form = await client.post(sandbox.moizvonki_url, data={"action": "calls.list"})
     assert wrong_form.status_code == 400
@@ -213,13 +248,18 @@ async def test_unknown_action_is_400_text(client, sandbox, admin):
 
 
 async def test_send_sms_and_make_call_use_the_callers_phone(client, sandbox, manager):
-    sms = await ask(client, sandbox, manager, "calls.send_sms", to="+79161234567",
-                    text="Добрый день! Ваш счёт готов.")
+    sms = await ask(
+        client,
+        sandbox,
+        manager,
+        "calls.send_sms",
+        to="+79161234567",
+        text="Добрый день! Ваш счёт готов.",
+    )
     assert sms.status_code == 200
     assert sms.headers["content-type"].startswith("text/plain")
     assert sms.text == "SMS posted"
-    assert sandbox.moizvonki.sms[-1] == (manager[0], "+79161234567",
-                                         "Добрый день! Ваш счёт готов.")
+    assert sandbox.moizvonki.sms[-1] == (manager[0], "+79161234567", "Добрый день! Ваш счёт готов.")
 
     dial = await ask(client, sandbox, manager, "calls.make_call", to="89161234567")
     assert dial.status_code == 200
@@ -234,16 +274,18 @@ async def test_sms_templates(client, sandbox, manager):
     assert set(body["results"][0]) == {"id", "name", "text", "description"}
 
 
-@pytest.mark.parametrize(("action", "params"), [
-    ("company.list_employee", {}),
-    ("company.list_group", {}),
-    ("company.delete_employee", {"employee_id": 1}),
-    ("webhook.list", {}),
-    ("webhook.subscribe", {"hooks": {"call.finish": "https://example.com/hook"}}),
-    ("webhook.unsubscribe", {"hooks": ["call.finish"]}),
-])
-async def test_admin_only_actions_refused_for_the_manager(client, sandbox, manager, action,
-                                                          params):
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("company.list_employee", {}),
+        ("company.list_group", {}),
+        ("company.delete_employee", {"employee_id": 1}),
+        ("webhook.list", {}),
+        ("webhook.subscribe", {"hooks": {"call.finish": "https://example.com/hook"}}),
+        ("webhook.unsubscribe", {"hooks": ["call.finish"]}),
+    ],
+)
+async def test_admin_only_actions_refused_for_the_manager(client, sandbox, manager, action, params):
     webhooks = dict(sandbox.moizvonki.webhooks)
     staff = set(sandbox.moizvonki.employees)
     response = await ask(client, sandbox, manager, action, **params)
@@ -258,13 +300,15 @@ async def test_admin_lists_employees_and_groups(client, sandbox, admin):
     body = (await ask(client, sandbox, admin, "company.list_employee", max_results=4)).json()
     assert body["results_count"] == 4 and body["results_remains"] == 2
     assert body["results_next_offset"] == 4
-    rest = (await ask(client, sandbox, admin, "company.list_employee", max_results=4,
-                      from_offset=4)).json()
+    rest = (
+        await ask(client, sandbox, admin, "company.list_employee", max_results=4, from_offset=4)
+    ).json()
     staff = body["results"] + rest["results"]
     assert [employee["role"] for employee in staff].count("admin") == 1
     assert set(staff[0]) == {"id", "display_name", "email", "group_id", "group_name", "role"}
-    one = (await ask(client, sandbox, admin, "company.list_employee",
-                     employee_user_name=admin[0])).json()
+    one = (
+        await ask(client, sandbox, admin, "company.list_employee", employee_user_name=admin[0])
+    ).json()
     assert [employee["email"] for employee in one["results"]] == [admin[0]]
     groups = (await ask(client, sandbox, admin, "company.list_group")).json()
     assert groups["results_count"] == 2
@@ -283,9 +327,15 @@ async def test_webhooks_subscribe_list_unsubscribe(client, sandbox, admin):
 
 async def test_late_upload_gets_a_new_id_and_the_cursor_finds_it(client, sandbox, admin):
     newest = sandbox.moizvonki.calls[-1].db_call_id
-    call = sandbox.moizvonki.record_call(admin[0], direction=0, client_number="+79160000001",
-                                         start_time=sandbox.moizvonki.calls[0].start_time,
-                                         answered=False, duration=0, wait=12)
+    call = sandbox.moizvonki.record_call(
+        admin[0],
+        direction=0,
+        client_number="+79160000001",
+        start_time=sandbox.moizvonki.calls[0].start_time,
+        answered=False,
+        duration=0,
+        wait=12,
+    )
     assert call.db_call_id > newest
     response = await ask(client, sandbox, admin, "calls.list", from_id=newest + 1)
     assert [item["db_call_id"] for item in response.json()["results"]] == [call.db_call_id]
@@ -295,11 +345,13 @@ async def test_late_upload_gets_a_new_id_and_the_cursor_finds_it(client, sandbox
 async def test_delete_employee_removes_their_calls(client):
     with Sandbox(seed=2, calls=300, days=10) as small:
         login = (small.env["MOIZVONKI_USER"], small.env["MOIZVONKI_API_KEY"])
-        victim = next(item for item in small.moizvonki.employees.values()
-                      if item.role != "admin" and item.email != small.moizvonki_manager_user)
+        victim = next(
+            item
+            for item in small.moizvonki.employees.values()
+            if item.role != "admin" and item.email != small.moizvonki_manager_user
+        )
         assert any(call.user_id == victim.id for call in small.moizvonki.calls)
-        response = await ask(client, small, login, "company.delete_employee",
-                             employee_id=victim.id)
+        response = await ask(client, small, login, "company.delete_employee", employee_id=victim.id)
         assert response.status_code == 200
         calls, _ = await walk(client, small, login, from_date=0, supervised=1)
         assert calls and all(call["user_id"] != victim.id for call in calls)

@@ -15,8 +15,10 @@ CALLS = [
     ("call_amocrm_api", {"method": "POST", "path": "/api/v4/leads", "body": [{"price": "x"}]}),
     ("forward_lead_to_amocrm", {"name": "Тест", "phone": "+7 999 111-22-33"}),
     ("call_moizvonki_api", {"action": "calls.list", "params": {"from_id": 1}}),
-    ("call_moizvonki_api", {"action": "calls.send_sms", "params": {"to": "+79991112233",
-                                                                   "text": "t"}}),
+    (
+        "call_moizvonki_api",
+        {"action": "calls.send_sms", "params": {"to": "+79991112233", "text": "t"}},
+    ),
     ("call_moizvonki_api", {"action": "calls.list", "params": {"bogus": 1}}),
     ("get_moizvonki_analytics", {}),
 ]
@@ -41,10 +43,12 @@ async def test_no_secret_in_results_or_logs(sandbox, sandbox_settings, caplog):
 
 @pytest.mark.anyio
 async def test_bad_credentials_answer_without_echoing_them(sandbox, sandbox_settings):
-    wrong = sandbox_settings.model_copy(update={
-        "amocrm_api_key": type(sandbox_settings.amocrm_api_key)("wrong-token-0123456789"),
-        "moizvonki_api_key": type(sandbox_settings.moizvonki_api_key)("wrong-key-0123456789"),
-    })
+    wrong = sandbox_settings.model_copy(
+        update={
+            "amocrm_api_key": type(sandbox_settings.amocrm_api_key)("wrong-token-0123456789"),
+            "moizvonki_api_key": type(sandbox_settings.moizvonki_api_key)("wrong-key-0123456789"),
+        }
+    )
     async with Client(create_server(wrong, store=Store()), mode="legacy") as client:
         amo = await client.call_tool("call_amocrm_api", {"path": "/api/v4/account"})
         mz = await client.call_tool("call_moizvonki_api", {"action": "calls.get_sms_templates"})

@@ -27,35 +27,65 @@ def read_response(process, request_id):
 
 
 def test_stdout_is_only_protocol(tmp_path):
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))
+    }
     env.update({"TARITI_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
     process = subprocess.Popen(
         [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", "800"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=tmp_path, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     try:
-        exchange(process, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "stdio-test", "version": "1"}}})
+        exchange(
+            process,
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "stdio-test", "version": "1"},
+                },
+            },
+        )
         assert read_response(process, 1)["result"]["serverInfo"]["name"] == "tariti-mcp"
         exchange(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
         exchange(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         names = sorted(t["name"] for t in read_response(process, 2)["result"]["tools"])
-        assert names == ["call_amocrm_api", "call_moizvonki_api", "forward_lead_to_amocrm",
-                         "get_moizvonki_analytics"]
+        assert names == [
+            "call_amocrm_api",
+            "call_moizvonki_api",
+            "forward_lead_to_amocrm",
+            "get_moizvonki_analytics",
+        ]
         requests = [
             ("call_amocrm_api", {"path": "/api/v4/leads", "query": {"limit": 2}}),
             ("call_amocrm_api", {"path": "/api/v4/contacts", "query": {"query": "zz-nobody"}}),
             ("get_moizvonki_analytics", {}),
-            ("call_moizvonki_api", {"action": "calls.list", "params": {"from_id": 0,
-                                                                       "max_results": 5}}),
+            (
+                "call_moizvonki_api",
+                {"action": "calls.list", "params": {"from_id": 0, "max_results": 5}},
+            ),
             ("call_amocrm_api", {"path": "https://evil.example/api/v4/leads"}),
         ]
         for number, (name, arguments) in enumerate(requests, start=3):
-            exchange(process, {"jsonrpc": "2.0", "id": number, "method": "tools/call",
-                               "params": {"name": name, "arguments": arguments}})
+            exchange(
+                process,
+                {
+                    "jsonrpc": "2.0",
+                    "id": number,
+                    "method": "tools/call",
+                    "params": {"name": name, "arguments": arguments},
+                },
+            )
             result = read_response(process, number)["result"]
             assert result["isError"] is (name == "call_amocrm_api" and number == 7), result
         process.stdin.close()

@@ -26,8 +26,10 @@ def test_schema_is_versioned_and_reopen_keeps_data(tmp_path):
     store.upsert_leads([{"id": 5, "name": "Сделка", "price": "1500", "status_id": 142}])
     store.close()
     again = Store(path)
-    assert next(again.query("SELECT name, price FROM amocrm_leads")) == {"name": "Сделка",
-                                                                        "price": 1500}
+    assert next(again.query("SELECT name, price FROM amocrm_leads")) == {
+        "name": "Сделка",
+        "price": 1500,
+    }
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -41,12 +43,19 @@ def test_newer_schema_is_refused(tmp_path):
 
 def test_one_row_per_call_and_bad_rows_skipped(caplog):
     store = Store()
-    count, top = store.upsert_calls([
-        {"db_call_id": "7", "start_time": "100", "answered": "1", "direction": "0",
-         "client_number": "8 (916) 123-45-67"},
-        {"db_call_id": 7, "start_time": 100, "answered": 0, "direction": 0},
-        {"start_time": 5},
-    ])
+    count, top = store.upsert_calls(
+        [
+            {
+                "db_call_id": "7",
+                "start_time": "100",
+                "answered": "1",
+                "direction": "0",
+                "client_number": "8 (916) 123-45-67",
+            },
+            {"db_call_id": 7, "start_time": 100, "answered": 0, "direction": 0},
+            {"start_time": 5},
+        ]
+    )
     assert (count, top) == (2, 7)
     rows = list(store.query("SELECT db_call_id, answered, client_last10 FROM moizvonki_calls"))
     assert rows == [{"db_call_id": 7, "answered": 0, "client_last10": None}]
@@ -55,10 +64,21 @@ def test_one_row_per_call_and_bad_rows_skipped(caplog):
 
 def test_contact_phones_indexed_by_last_ten_digits():
     store = Store()
-    store.upsert_contacts([{"id": 1, "name": "Иван", "custom_fields_values": [
-        {"field_code": "PHONE", "values": [{"value": "+7 (916) 123-45-67"},
-                                           {"value": "8 903 000 11 22"}]},
-        {"field_code": "EMAIL", "values": [{"value": "Ivan@Example.ru"}]}]}])
+    store.upsert_contacts(
+        [
+            {
+                "id": 1,
+                "name": "Иван",
+                "custom_fields_values": [
+                    {
+                        "field_code": "PHONE",
+                        "values": [{"value": "+7 (916) 123-45-67"}, {"value": "8 903 000 11 22"}],
+                    },
+                    {"field_code": "EMAIL", "values": [{"value": "Ivan@Example.ru"}]},
+                ],
+            }
+        ]
+    )
     row = next(store.query("SELECT phone_last10, emails FROM amocrm_contacts"))
     assert row == {"phone_last10": "9030001122 9161234567", "emails": '["ivan@example.ru"]'}
 

@@ -48,8 +48,11 @@ async def call(client, name, arguments):
 async def test_exactly_four_tools(client):
     tools = (await client.list_tools()).tools
     assert sorted(t.name for t in tools) == [
-        "call_amocrm_api", "call_moizvonki_api", "forward_lead_to_amocrm",
-        "get_moizvonki_analytics"]
+        "call_amocrm_api",
+        "call_moizvonki_api",
+        "forward_lead_to_amocrm",
+        "get_moizvonki_analytics",
+    ]
     assert all(t.title and t.description and t.annotations for t in tools)
     analytics = next(t for t in tools if t.name == "get_moizvonki_analytics")
     assert analytics.annotations.read_only_hint is True
@@ -57,8 +60,11 @@ async def test_exactly_four_tools(client):
 
 @pytest.mark.anyio
 async def test_get_leads_page_matches_emulator(client, sandbox, store):
-    error, result = await call(client, "call_amocrm_api",
-                               {"method": "GET", "path": "/api/v4/leads", "query": {"limit": 25}})
+    error, result = await call(
+        client,
+        "call_amocrm_api",
+        {"method": "GET", "path": "/api/v4/leads", "query": {"limit": 25}},
+    )
     assert not error, result
     assert result["status"] == 200 and result["entity"] == "leads" and result["count"] == 25
     assert result["has_more"] is True and result["next_page"] == 2
@@ -70,8 +76,11 @@ async def test_get_leads_page_matches_emulator(client, sandbox, store):
 
 @pytest.mark.anyio
 async def test_all_pages_of_contacts(client, sandbox, store):
-    error, result = await call(client, "call_amocrm_api", {
-        "path": "/api/v4/contacts", "query": {"limit": 100}, "all_pages": True, "max_pages": 50})
+    error, result = await call(
+        client,
+        "call_amocrm_api",
+        {"path": "/api/v4/contacts", "query": {"limit": 100}, "all_pages": True, "max_pages": 50},
+    )
     assert not error, result
     assert result["has_more"] is False
     ids = [row["id"] for row in store.query("SELECT id FROM amocrm_contacts")]
@@ -89,8 +98,11 @@ async def test_pipelines_with_statuses_are_cached(client, sandbox, store):
 
 @pytest.mark.anyio
 async def test_empty_search_is_an_empty_result(client):
-    error, result = await call(client, "call_amocrm_api", {
-        "path": "/api/v4/contacts", "query": {"query": "Несуществующий Человек Zzyzx"}})
+    error, result = await call(
+        client,
+        "call_amocrm_api",
+        {"path": "/api/v4/contacts", "query": {"query": "Несуществующий Человек Zzyzx"}},
+    )
     assert not error, result
     assert result["status"] == 204 and result["items"] == []
 
@@ -98,25 +110,33 @@ async def test_empty_search_is_an_empty_result(client):
 @pytest.mark.anyio
 async def test_lead_status_filter(client, sandbox):
     pipeline = next(iter(sandbox.amocrm.pipelines.values()))
-    query = {"filter": {"statuses": [{"pipeline_id": pipeline["id"], "status_id": 142}]},
-             "limit": 250}
-    error, result = await call(client, "call_amocrm_api", {"path": "/api/v4/leads",
-                                                           "query": query, "all_pages": True})
+    query = {
+        "filter": {"statuses": [{"pipeline_id": pipeline["id"], "status_id": 142}]},
+        "limit": 250,
+    }
+    error, result = await call(
+        client, "call_amocrm_api", {"path": "/api/v4/leads", "query": query, "all_pages": True}
+    )
     assert not error, result
-    expected = {lead["id"] for lead in sandbox.amocrm.leads.values()
-                if lead["pipeline_id"] == pipeline["id"] and lead["status_id"] == 142}
+    expected = {
+        lead["id"]
+        for lead in sandbox.amocrm.leads.values()
+        if lead["pipeline_id"] == pipeline["id"] and lead["status_id"] == 142
+    }
     assert {item["id"] for item in result.get("items", [])} == expected
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("arguments", "expected"),
-    [({"path": "https://evil.com/api/v4/leads"}, "not a URL"),
-     ({"path": "/api/v4/leads?limit=5"}, "query string"),
-     ({"path": "/oauth2/access_token", "method": "POST", "body": {}}, "OAuth"),
-     ({"path": "/api/v4/leads", "query": {"filter[status_id]": 142}}, "filter[statuses]"),
-     ({"path": "/api/v4/leads", "method": "POST"}, "needs a body"),
-     ({"path": "/api/v4/nothing/here"}, "404")],
+    [
+        ({"path": "https://evil.com/api/v4/leads"}, "not a URL"),
+        ({"path": "/api/v4/leads?limit=5"}, "query string"),
+        ({"path": "/oauth2/access_token", "method": "POST", "body": {}}, "OAuth"),
+        ({"path": "/api/v4/leads", "query": {"filter[status_id]": 142}}, "filter[statuses]"),
+        ({"path": "/api/v4/leads", "method": "POST"}, "needs a body"),
+        ({"path": "/api/v4/nothing/here"}, "404"),
+    ],
 )
 async def test_bad_amocrm_requests_explain_the_fix(client, arguments, expected):
     error, text = await call(client, "call_amocrm_api", arguments)
@@ -125,15 +145,22 @@ async def test_bad_amocrm_requests_explain_the_fix(client, arguments, expected):
 
 @pytest.mark.anyio
 async def test_validation_errors_reach_the_model(client):
-    error, text = await call(client, "call_amocrm_api", {
-        "method": "POST", "path": "/api/v4/leads",
-        "body": [{"name": "x", "pipeline_id": 1, "status_id": 2}]})
+    error, text = await call(
+        client,
+        "call_amocrm_api",
+        {
+            "method": "POST",
+            "path": "/api/v4/leads",
+            "body": [{"name": "x", "pipeline_id": 1, "status_id": 2}],
+        },
+    )
     assert error and "item 0" in text and "request id" in text
 
 
 def unused_phone(sandbox, start: int) -> str:
-    taken = {phones.last10(v) for c in sandbox.amocrm.contacts.values()
-             for v in field_values(c, "PHONE")}
+    taken = {
+        phones.last10(v) for c in sandbox.amocrm.contacts.values() for v in field_values(c, "PHONE")
+    }
     number = start
     while str(number) in taken:
         number += 1
@@ -144,10 +171,20 @@ def unused_phone(sandbox, start: int) -> str:
 async def test_forward_new_contact_creates_lead_contact_and_note(client, sandbox, mode, store):
     national = unused_phone(sandbox, 9990001000 if mode == "legacy" else 9990002000)
     leads_before = len(sandbox.amocrm.leads)
-    error, result = await call(client, "forward_lead_to_amocrm", {
-        "name": "Пётр Сидоров", "phone": f"8 ({national[:3]}) {national[3:6]}-{national[6:]}",
-        "email": "", "message": "Хочу узнать цену", "source": "site form", "price": 15000,
-        "tags": ["web"], "external_id": f"form-{mode}-1"})
+    error, result = await call(
+        client,
+        "forward_lead_to_amocrm",
+        {
+            "name": "Пётр Сидоров",
+            "phone": f"8 ({national[:3]}) {national[3:6]}-{national[6:]}",
+            "email": "",
+            "message": "Хочу узнать цену",
+            "source": "site form",
+            "price": 15000,
+            "tags": ["web"],
+            "external_id": f"form-{mode}-1",
+        },
+    )
     assert not error, result
     assert result["contact_existed"] is False and result["duplicate"] is False
     assert len(sandbox.amocrm.leads) == leads_before + 1
@@ -156,14 +193,16 @@ async def test_forward_new_contact_creates_lead_contact_and_note(client, sandbox
     contact = sandbox.amocrm.contacts[result["contact_id"]]
     assert field_values(contact, "PHONE") == ["+7" + national]
     assert result["lead_url"].endswith(f"/leads/detail/{result['lead_id']}")
-    notes = [n for n in sandbox.amocrm.notes.values()
-             if n.get("entity_id") == result["lead_id"]]
+    notes = [n for n in sandbox.amocrm.notes.values() if n.get("entity_id") == result["lead_id"]]
     assert any("Хочу узнать цену" in json.dumps(n, ensure_ascii=False) for n in notes)
     row = store.forwarding(result["forwarding_id"])
     assert row["status"] == "delivered" and row["lead_id"] == result["lead_id"]
 
-    again = await call(client, "forward_lead_to_amocrm", {
-        "name": "Пётр Сидоров", "phone": "+7" + national, "external_id": f"form-{mode}-1"})
+    again = await call(
+        client,
+        "forward_lead_to_amocrm",
+        {"name": "Пётр Сидоров", "phone": "+7" + national, "external_id": f"form-{mode}-1"},
+    )
     assert again[1]["duplicate"] is True and again[1]["lead_id"] == result["lead_id"]
     assert len(sandbox.amocrm.leads) == leads_before + 1
 
@@ -174,12 +213,16 @@ async def test_forward_reuses_contact_whatever_the_phone_format(client, sandbox)
     national = phones.last10(field_values(contact, "PHONE")[0])
     contacts_before = len(sandbox.amocrm.contacts)
     for form in (f"8 {national}", f"+7 ({national[:3]}) {national[3:]}"):
-        error, result = await call(client, "forward_lead_to_amocrm",
-                                   {"name": "Другое Имя", "phone": form})
+        error, result = await call(
+            client, "forward_lead_to_amocrm", {"name": "Другое Имя", "phone": form}
+        )
         assert not error, result
         assert result["contact_existed"] is True
-        owners = {c["id"] for c in sandbox.amocrm.contacts.values()
-                  if any(phones.last10(v) == national for v in field_values(c, "PHONE"))}
+        owners = {
+            c["id"]
+            for c in sandbox.amocrm.contacts.values()
+            if any(phones.last10(v) == national for v in field_values(c, "PHONE"))
+        }
         assert result["contact_id"] in owners
     assert len(sandbox.amocrm.contacts) == contacts_before
     assert sandbox.amocrm.contacts[contact["id"]]["name"] == contact["name"]  # never overwritten
@@ -188,11 +231,18 @@ async def test_forward_reuses_contact_whatever_the_phone_format(client, sandbox)
 @pytest.mark.anyio
 async def test_search_hit_through_another_field_is_not_a_match(client, sandbox):
     def texts(c):
-        return [str(v.get("value")) for f in c.get("custom_fields_values") or []
-                if f.get("field_code") not in ("PHONE", "EMAIL") for v in f.get("values") or []]
+        return [
+            str(v.get("value"))
+            for f in c.get("custom_fields_values") or []
+            if f.get("field_code") not in ("PHONE", "EMAIL")
+            for v in f.get("values") or []
+        ]
 
-    owners = {phones.last10(v): c["id"] for c in sandbox.amocrm.contacts.values()
-              for v in field_values(c, "PHONE")}
+    owners = {
+        phones.last10(v): c["id"]
+        for c in sandbox.amocrm.contacts.values()
+        for v in field_values(c, "PHONE")
+    }
     decoy = None
     for candidate in sandbox.amocrm.contacts.values():
         for text in texts(candidate):
@@ -221,9 +271,15 @@ async def raw_calls(sandbox, params):
     found, offset = [], 0
     async with httpx.AsyncClient() as http:
         while True:
-            body = {"user_name": env["MOIZVONKI_USER"], "api_key": env["MOIZVONKI_API_KEY"],
-                    "action": "calls.list", "supervised": 1, "max_results": 100,
-                    "from_offset": offset, **params}
+            body = {
+                "user_name": env["MOIZVONKI_USER"],
+                "api_key": env["MOIZVONKI_API_KEY"],
+                "action": "calls.list",
+                "supervised": 1,
+                "max_results": 100,
+                "from_offset": offset,
+                **params,
+            }
             page = (await http.post(env["MOIZVONKI_BASE_URL"], json=body)).json()
             found.extend(page["results"])
             if not page["results"] or not page["results_next_offset"]:
@@ -234,9 +290,16 @@ async def raw_calls(sandbox, params):
 @pytest.mark.anyio
 async def test_calls_list_matches_emulator_and_is_cached(client, sandbox, store):
     since = int(sandbox.data.now) - 3 * 86400
-    error, result = await call(client, "call_moizvonki_api", {
-        "action": "calls.list", "params": {"from_date": since}, "all_pages": True,
-        "max_pages": 100})
+    error, result = await call(
+        client,
+        "call_moizvonki_api",
+        {
+            "action": "calls.list",
+            "params": {"from_date": since},
+            "all_pages": True,
+            "max_pages": 100,
+        },
+    )
     assert not error, result
     expected = await raw_calls(sandbox, {"from_date": since})
     expected_ids = [c["db_call_id"] for c in expected]
@@ -253,12 +316,18 @@ async def test_calls_list_matches_emulator_and_is_cached(client, sandbox, store)
 
 @pytest.mark.anyio
 async def test_moizvonki_text_answer_and_unknown_param(client, sandbox):
-    error, result = await call(client, "call_moizvonki_api", {
-        "action": "calls.send_sms", "params": {"to": "+79161234567", "text": "Здравствуйте"}})
+    error, result = await call(
+        client,
+        "call_moizvonki_api",
+        {"action": "calls.send_sms", "params": {"to": "+79161234567", "text": "Здравствуйте"}},
+    )
     assert not error, result
     assert result["answer"] == {"message": "SMS posted"}
-    error, text = await call(client, "call_moizvonki_api", {
-        "action": "calls.list", "params": {"from_id": 1, "results_offset": 100}})
+    error, text = await call(
+        client,
+        "call_moizvonki_api",
+        {"action": "calls.list", "params": {"from_id": 1, "results_offset": 100}},
+    )
     assert error and "results_offset" in text and "from_offset" in text
 
 
@@ -282,8 +351,11 @@ def expected_totals(calls, first: dt.date, last: dt.date):
 async def test_analytics_equal_an_independent_count(client, sandbox):
     today = dt.datetime.fromtimestamp(sandbox.data.now, MOSCOW).date()
     first, last = today - dt.timedelta(days=9), today - dt.timedelta(days=1)
-    error, result = await call(client, "get_moizvonki_analytics", {
-        "date_from": first.isoformat(), "date_to": last.isoformat()})
+    error, result = await call(
+        client,
+        "get_moizvonki_analytics",
+        {"date_from": first.isoformat(), "date_to": last.isoformat()},
+    )
     assert not error, result
     since = int(dt.datetime.combine(first, dt.time(), MOSCOW).timestamp())
     calls = await raw_calls(sandbox, {"from_date": since - 86400})

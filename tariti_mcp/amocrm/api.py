@@ -11,8 +11,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import InvalidArgument
 from ..store import Store
-from .client import METHODS, AmoCrmClient, api_path, check_query, flatten_query, list_items
-from .client import next_link
+from .client import (
+    METHODS,
+    AmoCrmClient,
+    api_path,
+    check_query,
+    flatten_query,
+    list_items,
+    next_link,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +68,9 @@ def _cache(store: Store | None, path: str, entity: str | None, items: list[Any])
     if entity == "statuses":
         found = re.match(r"^/api/v4/leads/pipelines/(\d+)", path)
         if found:
-            items = [{"pipeline_id": int(found.group(1)), **i} for i in items if isinstance(i, dict)]
+            items = [
+                {"pipeline_id": int(found.group(1)), **i} for i in items if isinstance(i, dict)
+            ]
     upsert = _UPSERTS.get(entity or "")
     if upsert is not None:
         try:

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 
 from ..errors import AMOCRM, BadAnswer, InvalidArgument, amocrm_error
-from ..http import RetryPolicy, WaitCallback, build_client, rate_limiter, send
+from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, rate_limiter, send
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ def check_query(path: str, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str
         if path.rstrip("/") == "/api/v4/leads" and key.startswith("filter[status_id]"):
             raise InvalidArgument(
                 "filter[status_id] is not a lead filter: amoCRM ignores it and returns leads of "
-                "every status. Use query {\"filter[statuses][0][pipeline_id]\": P, "
-                "\"filter[statuses][0][status_id]\": S} (one pair per index)."
+                'every status. Use query {"filter[statuses][0][pipeline_id]": P, '
+                '"filter[statuses][0][status_id]": S} (one pair per index).'
             )
         checked.append((key, value))
     return checked, notes
@@ -167,7 +167,7 @@ class AmoCrmClient:
         timeout: float = 30.0,
         rate_limit: float = 7.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        retry_policy: RetryPolicy = RetryPolicy(),
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._policy = retry_policy
         self.base_url = base_url.rstrip("/")
@@ -203,8 +203,13 @@ class AmoCrmClient:
             headers={"Authorization": f"Bearer {self._token}"},
         )
         response = await send(
-            self._http, request, service=AMOCRM, idempotent=method == "GET",
-            limiter=self._limiter, on_wait=on_wait, policy=self._policy,
+            self._http,
+            request,
+            service=AMOCRM,
+            idempotent=method == "GET",
+            limiter=self._limiter,
+            on_wait=on_wait,
+            policy=self._policy,
         )
         request_id = response.headers.get("x-request-id")
         logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
@@ -218,7 +223,9 @@ class AmoCrmClient:
             if response.status_code == 202:
                 return Answer(response.status_code, None, request_id)
             raise BadAnswer(
-                AMOCRM, "the answer is not JSON", status=response.status_code,
+                AMOCRM,
+                "the answer is not JSON",
+                status=response.status_code,
                 request_id=request_id,
             ) from None
         return Answer(response.status_code, parsed, request_id)

@@ -61,7 +61,9 @@ def prepare(
     """Validate the tool's arguments; every refusal names the argument and the fix."""
     phone, email = phone.strip(), email.strip().lower()
     if not phone and not email:
-        raise InvalidArgument("give phone or email (or both): a lead needs a way to reach the person")
+        raise InvalidArgument(
+            "give phone or email (or both): a lead needs a way to reach the person"
+        )
     normalized = ""
     if phone:
         normalized = phones.normalize(phone, region) or ""
@@ -82,9 +84,16 @@ def prepare(
     if len(clean_tags) > 20:
         raise InvalidArgument("at most 20 tags")
     return LeadRequest(
-        name=name.strip(), phone=normalized, email=email, message=message.strip(),
-        source=source.strip(), external_id=external_id.strip(), price=price,
-        pipeline_id=pipeline_id, status_id=status_id, tags=clean_tags,
+        name=name.strip(),
+        phone=normalized,
+        email=email,
+        message=message.strip(),
+        source=source.strip(),
+        external_id=external_id.strip(),
+        price=price,
+        pipeline_id=pipeline_id,
+        status_id=status_id,
+        tags=clean_tags,
         lead_name=lead_name.strip(),
     )
 
@@ -93,8 +102,9 @@ async def _search_contacts(client: AmoCrmClient, text: str) -> list[dict[str, An
     answer = await client.request("GET", "/api/v4/contacts", [("query", text), ("limit", "50")])
     if not isinstance(answer.body, dict):
         return []  # 204: nobody matched
-    return [c for c in (answer.body.get("_embedded") or {}).get("contacts") or []
-            if isinstance(c, dict)]
+    return [
+        c for c in (answer.body.get("_embedded") or {}).get("contacts") or [] if isinstance(c, dict)
+    ]
 
 
 async def find_contacts(
@@ -131,9 +141,13 @@ async def find_contacts(
 def _contact_fields(lead: LeadRequest) -> list[dict[str, Any]]:
     fields = []
     if lead.phone:
-        fields.append({"field_code": "PHONE", "values": [{"value": lead.phone, "enum_code": "WORK"}]})
+        fields.append(
+            {"field_code": "PHONE", "values": [{"value": lead.phone, "enum_code": "WORK"}]}
+        )
     if lead.email:
-        fields.append({"field_code": "EMAIL", "values": [{"value": lead.email, "enum_code": "WORK"}]})
+        fields.append(
+            {"field_code": "EMAIL", "values": [{"value": lead.email, "enum_code": "WORK"}]}
+        )
     return fields
 
 
@@ -173,7 +187,9 @@ async def _create(
         answer = await client.request("POST", "/api/v4/leads", body=[body])
         created = ((answer.body or {}).get("_embedded") or {}).get("leads") or []
         if not created or not isinstance(created[0], dict) or "id" not in created[0]:
-            raise BadAnswer(AMOCRM, "creating the lead returned no id", request_id=answer.request_id)
+            raise BadAnswer(
+                AMOCRM, "creating the lead returned no id", request_id=answer.request_id
+            )
         return int(created[0]["id"]), int(contact["id"])
 
     new_contact: dict[str, Any] = {"name": (lead.name or lead.phone or lead.email)[:255]}
@@ -193,8 +209,12 @@ async def forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict
     """Forward one lead, exactly once per ``external_id``; return what the model should see."""
     forwarding_id = uuid.uuid4().hex
     record = {
-        "id": forwarding_id, "external_id": lead.external_id or None, "name": lead.name,
-        "phone": lead.phone, "email": lead.email, "source": lead.source,
+        "id": forwarding_id,
+        "external_id": lead.external_id or None,
+        "name": lead.name,
+        "phone": lead.phone,
+        "email": lead.email,
+        "source": lead.source,
         "request": _request_json(lead),
     }
     if lead.external_id:
@@ -206,7 +226,9 @@ async def forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict
             forwarding_id = earlier["id"]
     else:
         store.claim_forwarding(record)
-    store.update_forwarding(forwarding_id, status="sending", attempts=_attempts(store, forwarding_id))
+    store.update_forwarding(
+        forwarding_id, status="sending", attempts=_attempts(store, forwarding_id)
+    )
 
     try:
         contacts = await find_contacts(client, store, lead)
@@ -225,12 +247,21 @@ async def forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict
 
     lead_url = f"{client.base_url}/leads/detail/{lead_id}"
     store.update_forwarding(
-        forwarding_id, status="delivered", lead_id=lead_id, contact_id=contact_id,
-        contact_existed=int(contact is not None), lead_url=lead_url, last_error=None,
+        forwarding_id,
+        status="delivered",
+        lead_id=lead_id,
+        contact_id=contact_id,
+        contact_existed=int(contact is not None),
+        lead_url=lead_url,
+        last_error=None,
     )
     result: dict[str, Any] = {
-        "forwarding_id": forwarding_id, "status": "delivered", "duplicate": False,
-        "lead_id": lead_id, "contact_id": contact_id, "contact_existed": contact is not None,
+        "forwarding_id": forwarding_id,
+        "status": "delivered",
+        "duplicate": False,
+        "lead_id": lead_id,
+        "contact_id": contact_id,
+        "contact_existed": contact is not None,
         "lead_url": lead_url,
     }
     if len(contacts) > 1:
@@ -248,7 +279,8 @@ async def forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict
 async def _add_note(client: AmoCrmClient, lead_id: int, text: str) -> bool:
     try:
         await client.request(
-            "POST", f"/api/v4/leads/{lead_id}/notes",
+            "POST",
+            f"/api/v4/leads/{lead_id}/notes",
             body=[{"note_type": "common", "params": {"text": text[:10_000]}}],
         )
     except ServiceError as exc:
@@ -268,9 +300,13 @@ def _repeat(store: Store, earlier: dict[str, Any], record: dict[str, Any]) -> di
     status = earlier.get("status")
     if status == "delivered":
         return {
-            "forwarding_id": earlier["id"], "status": "delivered", "duplicate": True,
-            "lead_id": earlier["lead_id"], "contact_id": earlier["contact_id"],
-            "contact_existed": bool(earlier["contact_existed"]), "lead_url": earlier["lead_url"],
+            "forwarding_id": earlier["id"],
+            "status": "delivered",
+            "duplicate": True,
+            "lead_id": earlier["lead_id"],
+            "contact_id": earlier["contact_id"],
+            "contact_existed": bool(earlier["contact_existed"]),
+            "lead_url": earlier["lead_url"],
             "note": "this external_id was already forwarded; nothing new was created",
         }
     if status in ("sending", "unknown"):
@@ -281,8 +317,12 @@ def _repeat(store: Store, earlier: dict[str, Any], record: dict[str, Any]) -> di
         )
     # A failed forwarding may be sent again, with the caller's corrected data.
     store.update_forwarding(
-        earlier["id"], name=record["name"], phone=record["phone"], email=record["email"],
-        source=record["source"], request=record["request"],
+        earlier["id"],
+        name=record["name"],
+        phone=record["phone"],
+        email=record["email"],
+        source=record["source"],
+        request=record["request"],
     )
     return None
 

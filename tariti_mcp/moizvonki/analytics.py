@@ -40,8 +40,9 @@ def _parse_date(value: str, argument: str) -> dt.date:
         ) from None
 
 
-def period(date_from: str, date_to: str, zone: ZoneInfo, now: dt.datetime | None = None
-           ) -> tuple[dt.date, dt.date]:
+def period(
+    date_from: str, date_to: str, zone: ZoneInfo, now: dt.datetime | None = None
+) -> tuple[dt.date, dt.date]:
     """The inclusive business days asked for. Both empty: today. Only ``date_from``: up to today.
 
     Only ``date_to``: that single day.
@@ -59,7 +60,9 @@ def period(date_from: str, date_to: str, zone: ZoneInfo, now: dt.datetime | None
     if last < first:
         raise InvalidArgument(f"date_to ({last}) is before date_from ({first}); swap them")
     if first > today:
-        raise InvalidArgument(f"date_from ({first}) is in the future; today is {today} ({zone.key})")
+        raise InvalidArgument(
+            f"date_from ({first}) is in the future; today is {today} ({zone.key})"
+        )
     if (last - first).days + 1 > MAX_DAYS:
         raise InvalidArgument(f"the period is longer than {MAX_DAYS} days; ask for a shorter one")
     return first, last
@@ -79,7 +82,9 @@ def _shape(row: dict[str, Any]) -> dict[str, Any]:
         "answered": answered,
         "missed": row["missed"],
         "total_duration_seconds": row["total_duration_seconds"],
-        "avg_duration_seconds": round(row["total_duration_seconds"] / answered, 1) if answered else 0,
+        "avg_duration_seconds": round(row["total_duration_seconds"] / answered, 1)
+        if answered
+        else 0,
     }
 
 
@@ -89,14 +94,18 @@ def compute(store: Store, first: dt.date, last: dt.date, zone: ZoneInfo) -> dict
     end = day_start(last + dt.timedelta(days=1), zone)
     where = "start_time >= ? AND start_time < ?"
 
-    totals = next(store.query(f"SELECT {_METRICS} FROM moizvonki_calls WHERE {where}", [start, end]))
+    totals = next(
+        store.query(f"SELECT {_METRICS} FROM moizvonki_calls WHERE {where}", [start, end])
+    )
     result = _shape(totals)
     result["by_status"] = {key: totals[key] for key in _STATUS_KEYS}
 
     days = []
     day = first
     while day <= last:
-        days.append((day.isoformat(), day_start(day, zone), day_start(day + dt.timedelta(days=1), zone)))
+        days.append(
+            (day.isoformat(), day_start(day, zone), day_start(day + dt.timedelta(days=1), zone))
+        )
         day += dt.timedelta(days=1)
     placeholders = ",".join("(?, ?, ?)" for _ in days)
     rows = store.query(
@@ -111,9 +120,7 @@ def compute(store: Store, first: dt.date, last: dt.date, zone: ZoneInfo) -> dict
     )
     result["by_day"] = {row["day"]: _shape(row) for row in rows}
 
-    employees = {
-        (e.get("email") or "").lower(): e.get("display_name") for e in store.employees()
-    }
+    employees = {(e.get("email") or "").lower(): e.get("display_name") for e in store.employees()}
     by_employee = []
     for row in store.query(
         f"""
@@ -124,11 +131,13 @@ def compute(store: Store, first: dt.date, last: dt.date, zone: ZoneInfo) -> dict
         [start, end],
     ):
         account = row["user_account"] or ""
-        by_employee.append({
-            "employee": employees.get(account.lower()) or account or "unknown",
-            "user_account": account or None,
-            "user_id": row["user_id"],
-            **_shape(row),
-        })
+        by_employee.append(
+            {
+                "employee": employees.get(account.lower()) or account or "unknown",
+                "user_account": account or None,
+                "user_id": row["user_id"],
+                **_shape(row),
+            }
+        )
     result["by_employee"] = by_employee
     return result

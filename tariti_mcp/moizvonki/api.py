@@ -150,10 +150,14 @@ async def call_action(
 
     remains = int(last.get("results_remains") or 0)
     next_offset = int(last.get("results_next_offset") or 0)
-    result.update({
-        "count": len(results), "pages_fetched": fetched, "has_more": bool(remains and next_offset),
-        "results_remains": remains,
-    })
+    result.update(
+        {
+            "count": len(results),
+            "pages_fetched": fetched,
+            "has_more": bool(remains and next_offset),
+            "results_remains": remains,
+        }
+    )
     notes = []
     if remains and next_offset:
         result["next_offset"] = next_offset

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from ..errors import MOIZVONKI, InvalidArgument, moizvonki_error
-from ..http import RetryPolicy, WaitCallback, build_client, send
+from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, send
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class MoizvonkiClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        retry_policy: RetryPolicy = RetryPolicy(),
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._policy = retry_policy
         self.api_url = api_url
@@ -66,7 +66,11 @@ class MoizvonkiClient:
         return self._http.build_request("POST", self.api_url, json=payload)
 
     async def call(
-        self, action: str, params: dict[str, Any] | None = None, *, on_wait: WaitCallback | None = None
+        self,
+        action: str,
+        params: dict[str, Any] | None = None,
+        *,
+        on_wait: WaitCallback | None = None,
     ) -> Any:
         """Run one action; return the parsed JSON answer, or ``{"message": text}`` for text."""
         if action not in ACTIONS:
@@ -80,16 +84,27 @@ class MoizvonkiClient:
         read_only = ACTIONS[action]
 
         response = await send(
-            self._http, self._request(action, params, self._form), service=MOIZVONKI,
-            idempotent=read_only, on_wait=on_wait, policy=self._policy,
+            self._http,
+            self._request(action, params, self._form),
+            service=MOIZVONKI,
+            idempotent=read_only,
+            on_wait=on_wait,
+            policy=self._policy,
         )
         if response.status_code in (400, 415, 422) and not self._form:
             # Some accounts read only the documented form field; a 4xx means nothing was done.
-            logger.info("Moizvonki %s refused JSON (%d); trying the form encoding", action,
-                        response.status_code)
+            logger.info(
+                "Moizvonki %s refused JSON (%d); trying the form encoding",
+                action,
+                response.status_code,
+            )
             retry = await send(
-                self._http, self._request(action, params, True), service=MOIZVONKI,
-                idempotent=read_only, on_wait=on_wait, policy=self._policy,
+                self._http,
+                self._request(action, params, True),
+                service=MOIZVONKI,
+                idempotent=read_only,
+                on_wait=on_wait,
+                policy=self._policy,
             )
             if retry.status_code == 200:
                 self._form = True

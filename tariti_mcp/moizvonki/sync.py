@@ -55,9 +55,7 @@ async def _walk(
             highest = top if highest is None else max(highest, top)
         if progress is not None:
             remains = int(page.get("results_remains") or 0)
-            await progress(
-                report.calls, report.calls + remains, f"synced {report.calls} calls"
-            )
+            await progress(report.calls, report.calls + remains, f"synced {report.calls} calls")
     return highest
 
 
@@ -101,15 +99,21 @@ async def sync_calls(
     report.cursor = cursor
     report.covered_from = covered_from
     store.save_sync_state(
-        CALLS, cursor=cursor, covered_from=covered_from, last_synced_at=report.synced_at,
+        CALLS,
+        cursor=cursor,
+        covered_from=covered_from,
+        last_synced_at=report.synced_at,
         last_error=None,
     )
-    logger.info("synced %d calls in %d requests, next from_id %s", report.calls,
-                report.requests, cursor)
+    logger.info(
+        "synced %d calls in %d requests, next from_id %s", report.calls, report.requests, cursor
+    )
     return report
 
 
-async def sync_employees(client: MoizvonkiClient, store: Store, *, force: bool = False) -> str | None:
+async def sync_employees(
+    client: MoizvonkiClient, store: Store, *, force: bool = False
+) -> str | None:
     """Refresh the employee list when stale; return a warning when it cannot be read."""
     state = store.sync_state(EMPLOYEES)
     last = state.get("last_synced_at") or 0

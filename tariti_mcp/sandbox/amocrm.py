@@ -34,10 +34,22 @@ EVENTS_LIMIT = 100
 BATCH_LIMIT = 250
 COMPLEX_LIMIT = 50
 COMPLEX_FIELDS_LIMIT = 40
-NOTE_TYPES = ("common", "call_in", "call_out", "service_message", "extended_service_message",
-              "message_cashier", "geolocation", "sms_in", "sms_out", "attachment")
-TASK_TYPES = ({"id": 1, "name": "Связаться", "color": None, "icon_id": None, "code": "FOLLOW_UP"},
-              {"id": 2, "name": "Встреча", "color": None, "icon_id": None, "code": "MEETING"})
+NOTE_TYPES = (
+    "common",
+    "call_in",
+    "call_out",
+    "service_message",
+    "extended_service_message",
+    "message_cashier",
+    "geolocation",
+    "sms_in",
+    "sms_out",
+    "attachment",
+)
+TASK_TYPES = (
+    {"id": 1, "name": "Связаться", "color": None, "icon_id": None, "code": "FOLLOW_UP"},
+    {"id": 2, "name": "Встреча", "color": None, "icon_id": None, "code": "MEETING"},
+)
 EVENT_ENTITY = {"leads": "lead", "contacts": "contact", "companies": "company"}
 
 NOT_SUPPORTED = ("NotSupportedChoice", "The value you selected is not a valid choice.")
@@ -51,23 +63,79 @@ UNKNOWN_ID = ("NotFound", "No entity with this id.")
 # Keys a client may write; read-only keys of the read shape (account_id, _links, created_by,
 # field_name...) and anything unknown are refused with FieldNotExpected.
 WRITABLE = {
-    "leads": {"name", "price", "status_id", "pipeline_id", "responsible_user_id", "created_at",
-              "updated_at", "closed_at", "loss_reason_id", "updated_by", "custom_fields_values",
-              "tags_to_add", "tags_to_delete", "_embedded", "request_id"},
-    "contacts": {"name", "first_name", "last_name", "responsible_user_id", "created_at",
-                 "updated_at", "updated_by", "custom_fields_values", "tags_to_add",
-                 "tags_to_delete", "_embedded", "request_id"},
-    "companies": {"name", "responsible_user_id", "created_at", "updated_at", "updated_by",
-                  "custom_fields_values", "tags_to_add", "tags_to_delete", "_embedded",
-                  "request_id"},
+    "leads": {
+        "name",
+        "price",
+        "status_id",
+        "pipeline_id",
+        "responsible_user_id",
+        "created_at",
+        "updated_at",
+        "closed_at",
+        "loss_reason_id",
+        "updated_by",
+        "custom_fields_values",
+        "tags_to_add",
+        "tags_to_delete",
+        "_embedded",
+        "request_id",
+    },
+    "contacts": {
+        "name",
+        "first_name",
+        "last_name",
+        "responsible_user_id",
+        "created_at",
+        "updated_at",
+        "updated_by",
+        "custom_fields_values",
+        "tags_to_add",
+        "tags_to_delete",
+        "_embedded",
+        "request_id",
+    },
+    "companies": {
+        "name",
+        "responsible_user_id",
+        "created_at",
+        "updated_at",
+        "updated_by",
+        "custom_fields_values",
+        "tags_to_add",
+        "tags_to_delete",
+        "_embedded",
+        "request_id",
+    },
 }
-EMBEDDABLE = {"leads": {"contacts", "companies", "tags"}, "contacts": {"companies", "tags"},
-              "companies": {"tags"}}
-TASK_WRITABLE = {"text", "complete_till", "entity_id", "entity_type", "task_type_id",
-                 "responsible_user_id", "is_completed", "duration", "result", "created_at",
-                 "updated_at", "request_id"}
-NOTE_WRITABLE = {"note_type", "params", "entity_id", "created_by", "created_at",
-                 "responsible_user_id", "request_id", "is_need_to_trigger_digital_pipeline"}
+EMBEDDABLE = {
+    "leads": {"contacts", "companies", "tags"},
+    "contacts": {"companies", "tags"},
+    "companies": {"tags"},
+}
+TASK_WRITABLE = {
+    "text",
+    "complete_till",
+    "entity_id",
+    "entity_type",
+    "task_type_id",
+    "responsible_user_id",
+    "is_completed",
+    "duration",
+    "result",
+    "created_at",
+    "updated_at",
+    "request_id",
+}
+NOTE_WRITABLE = {
+    "note_type",
+    "params",
+    "entity_id",
+    "created_by",
+    "created_at",
+    "responsible_user_id",
+    "request_id",
+    "is_need_to_trigger_digital_pipeline",
+}
 KEY_PATTERN = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 
 
@@ -83,8 +151,9 @@ class _Invalid(_Problem):
     """A 400 listing validation errors per batch item."""
 
     def __init__(self, failures: list[dict[str, Any]]) -> None:
-        super().__init__(400, "Bad Request", "Request validation failed",
-                         **{"validation-errors": failures})
+        super().__init__(
+            400, "Bad Request", "Request validation failed", **{"validation-errors": failures}
+        )
 
 
 def _error(kind: tuple[str, str], path: str, *detail_args: Any) -> dict[str, str]:
@@ -97,15 +166,24 @@ def _whole_body_error(kind: tuple[str, str], *detail_args: Any) -> _Invalid:
 
 
 def _problem_response(problem: _Problem) -> Response:
-    body = {"title": problem.title, "type": f"https://httpstatus.es/{problem.status}",
-            "status": problem.status, "detail": problem.detail, **problem.extra}
-    return Response(json.dumps(body, ensure_ascii=False), status_code=problem.status,
-                    media_type="application/problem+json")
+    body = {
+        "title": problem.title,
+        "type": f"https://httpstatus.es/{problem.status}",
+        "status": problem.status,
+        "detail": problem.detail,
+        **problem.extra,
+    }
+    return Response(
+        json.dumps(body, ensure_ascii=False),
+        status_code=problem.status,
+        media_type="application/problem+json",
+    )
 
 
 def _hal(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status_code=status,
-                    media_type="application/hal+json")
+    return Response(
+        json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/hal+json"
+    )
 
 
 def _no_content() -> Response:
@@ -157,9 +235,12 @@ def _as_list(node: Any) -> list[Any]:
     if isinstance(node, list):
         return node
     if isinstance(node, dict):
-        return [node[key] for key in sorted(node, key=lambda key: (not key.isdigit(),
-                                                                   int(key) if key.isdigit()
-                                                                   else 0, key))]
+        return [
+            node[key]
+            for key in sorted(
+                node, key=lambda key: (not key.isdigit(), int(key) if key.isdigit() else 0, key)
+            )
+        ]
     return [node]
 
 
@@ -178,8 +259,9 @@ def _int_param(text: str | None, default: int) -> int:
 
 
 def _split_with(request: Request) -> set[str]:
-    return {part.strip() for part in request.query_params.get("with", "").split(",")
-            if part.strip()}
+    return {
+        part.strip() for part in request.query_params.get("with", "").split(",") if part.strip()
+    }
 
 
 class AmoCrmEmulator:
@@ -190,11 +272,13 @@ class AmoCrmEmulator:
         self.account = copy.deepcopy(data.account)
         self.users = {user["id"]: copy.deepcopy(user) for user in data.users}
         self.pipelines = {pipeline["id"]: copy.deepcopy(pipeline) for pipeline in data.pipelines}
-        self.custom_fields = {entity: {definition["id"]: copy.deepcopy(definition)
-                                       for definition in definitions}
-                              for entity, definitions in data.custom_fields.items()}
-        self.tags = {entity: {tag["id"]: dict(tag) for tag in tags}
-                     for entity, tags in data.tags.items()}
+        self.custom_fields = {
+            entity: {definition["id"]: copy.deepcopy(definition) for definition in definitions}
+            for entity, definitions in data.custom_fields.items()
+        }
+        self.tags = {
+            entity: {tag["id"]: dict(tag) for tag in tags} for entity, tags in data.tags.items()
+        }
         self.leads = {lead["id"]: copy.deepcopy(lead) for lead in data.leads}
         self.contacts = {contact["id"]: copy.deepcopy(contact) for contact in data.contacts}
         self.companies = {company["id"]: copy.deepcopy(company) for company in data.companies}
@@ -204,15 +288,23 @@ class AmoCrmEmulator:
         self.requests: list[tuple[str, str, str, int]] = []
         self._current_user_id = data.account["current_user_id"]
         self._next_ids = {
-            "leads": max(self.leads) + 1, "contacts": max(self.contacts) + 1,
-            "companies": max(self.companies) + 1, "notes": max(self.notes) + 1,
+            "leads": max(self.leads) + 1,
+            "contacts": max(self.contacts) + 1,
+            "companies": max(self.companies) + 1,
+            "notes": max(self.notes) + 1,
             "tasks": max(self.tasks) + 1,
             "tags": max(tag_id for tags in self.tags.values() for tag_id in tags) + 1,
         }
         self._routes = self._route_table()
-        self.app = Starlette(routes=[Route(
-            "/{path:path}", self._serve,
-            methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"])])
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/{path:path}",
+                    self._serve,
+                    methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS"],
+                )
+            ]
+        )
 
     def records(self, entity: str) -> dict[int, dict[str, Any]]:
         return {"leads": self.leads, "contacts": self.contacts, "companies": self.companies}[entity]
@@ -228,8 +320,7 @@ class AmoCrmEmulator:
             ("GET", r"/leads/pipelines", self._list_pipelines),
             ("GET", r"/leads/pipelines/(?P<id>\d+)", self._get_pipeline),
             ("GET", r"/leads/pipelines/(?P<id>\d+)/statuses", self._list_statuses),
-            ("GET", r"/leads/pipelines/(?P<id>\d+)/statuses/(?P<status_id>\d+)",
-             self._get_status),
+            ("GET", r"/leads/pipelines/(?P<id>\d+)/statuses/(?P<status_id>\d+)", self._get_status),
             ("GET", r"/leads/unsorted", self._list_unsorted),
             ("POST", r"/leads/complex", self._create_complex),
             ("GET", rf"/{entity}/custom_fields", self._list_custom_fields),
@@ -265,8 +356,9 @@ class AmoCrmEmulator:
             response = _problem_response(problem)
         except Exception:
             logger.exception("sandbox amoCRM failed on %s %s", request.method, path)
-            response = _problem_response(_Problem(500, "Internal Server Error",
-                                                  "The sandbox failed on this request"))
+            response = _problem_response(
+                _Problem(500, "Internal Server Error", "The sandbox failed on this request")
+            )
         response.headers["X-Request-Id"] = uuid.uuid4().hex
         self.requests.append((request.method, path, request.url.query, response.status_code))
         logger.debug("amoCRM sandbox %s %s -> %d", request.method, path, response.status_code)
@@ -275,13 +367,16 @@ class AmoCrmEmulator:
     async def _dispatch(self, request: Request, path: str) -> Response:
         if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
             # The common host answers a wrong path with an HTML page, not problem JSON.
-            return Response("<!DOCTYPE html><html><head><title>404 Not Found</title></head>"
-                            "<body><h1>Страница не найдена</h1></body></html>",
-                            status_code=404, media_type="text/html")
+            return Response(
+                "<!DOCTYPE html><html><head><title>404 Not Found</title></head>"
+                "<body><h1>Страница не найдена</h1></body></html>",
+                status_code=404,
+                media_type="text/html",
+            )
         self._authorize(request)
 
         # Emulator's choice: one trailing slash is tolerated.
-        route = path[len(API_PREFIX):].rstrip("/") or "/"
+        route = path[len(API_PREFIX) :].rstrip("/") or "/"
         allowed = []
         for method, pattern, handler in self._routes:
             match = pattern.fullmatch(route)
@@ -291,17 +386,19 @@ class AmoCrmEmulator:
                 return await handler(request, **match.groupdict())
             allowed.append(method)
         if allowed:
-            raise _Problem(405, "Method Not Allowed",
-                           f"Method {request.method} is not allowed here",
-                           allowed=sorted(set(allowed)))
+            raise _Problem(
+                405,
+                "Method Not Allowed",
+                f"Method {request.method} is not allowed here",
+                allowed=sorted(set(allowed)),
+            )
         raise _Problem(404, "Not Found", "No such API method")
 
     def _authorize(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
         expected = f"Bearer {self._token}"
         if not hmac.compare_digest(header.encode(), expected.encode()):
-            raise _Problem(401, "Unauthorized",
-                           "The access token is missing, expired or revoked")
+            raise _Problem(401, "Unauthorized", "The access token is missing, expired or revoked")
 
     # ---- shared helpers -----------------------------------------------------------------
 
@@ -312,9 +409,11 @@ class AmoCrmEmulator:
         return {"self": {"href": f"{self._base(request)}{API_PREFIX}{path}"}}
 
     def _page_href(self, request: Request, page: int) -> str:
-        pairs = [(key, value) for key, value in parse_qsl(request.url.query,
-                                                          keep_blank_values=True)
-                 if key != "page"]
+        pairs = [
+            (key, value)
+            for key, value in parse_qsl(request.url.query, keep_blank_values=True)
+            if key != "page"
+        ]
         pairs.append(("page", str(page)))
         return f"{self._base(request)}{request.url.path}?{urlencode(pairs, safe='[]')}"
 
@@ -331,11 +430,17 @@ class AmoCrmEmulator:
             limit = min(limit, cap) if limit >= 1 else min(DEFAULT_LIMIT, cap)
         return page, limit
 
-    def _page(self, request: Request, key: str, items: list[Any],
-              present: Callable[[Any], dict[str, Any]], cap: int = MAX_LIMIT) -> Response:
+    def _page(
+        self,
+        request: Request,
+        key: str,
+        items: list[Any],
+        present: Callable[[Any], dict[str, Any]],
+        cap: int = MAX_LIMIT,
+    ) -> Response:
         page, limit = self._paging(request, cap)
         start = (page - 1) * limit
-        chunk = items[start:start + limit]
+        chunk = items[start : start + limit]
         if not chunk:
             return _no_content()
         links = {"self": {"href": self._page_href(request, page)}}
@@ -344,8 +449,9 @@ class AmoCrmEmulator:
         if page > 1:
             links["first"] = {"href": self._page_href(request, 1)}
             links["prev"] = {"href": self._page_href(request, page - 1)}
-        return _hal({"_page": page, "_links": links,
-                     "_embedded": {key: [present(item) for item in chunk]}})
+        return _hal(
+            {"_page": page, "_links": links, "_embedded": {key: [present(item) for item in chunk]}}
+        )
 
     async def _json(self, request: Request) -> Any:
         raw = await request.body()
@@ -369,15 +475,28 @@ class AmoCrmEmulator:
         self._next_ids[kind] = value + 1
         return value
 
-    def _record_event(self, kind: str, entity: str, entity_id: int,
-                      after: list[Any], before: list[Any] | None = None) -> None:
+    def _record_event(
+        self,
+        kind: str,
+        entity: str,
+        entity_id: int,
+        after: list[Any],
+        before: list[Any] | None = None,
+    ) -> None:
         # Emulator's choice: only creations and lead status changes make events.
-        self.events.append({
-            "id": f"{len(self.events) + 1:024x}", "type": kind, "entity_id": entity_id,
-            "entity_type": EVENT_ENTITY[entity], "created_by": self._current_user_id,
-            "created_at": int(time.time()), "value_after": after, "value_before": before or [],
-            "account_id": self.account["id"],
-        })
+        self.events.append(
+            {
+                "id": f"{len(self.events) + 1:024x}",
+                "type": kind,
+                "entity_id": entity_id,
+                "entity_type": EVENT_ENTITY[entity],
+                "created_by": self._current_user_id,
+                "created_at": int(time.time()),
+                "value_after": after,
+                "value_before": before or [],
+                "account_id": self.account["id"],
+            }
+        )
 
     # ---- account, users, pipelines, custom fields -----------------------------------------
 
@@ -387,9 +506,13 @@ class AmoCrmEmulator:
         embedded: dict[str, Any] = {}
         if "datetime_settings" in extras:
             embedded["datetime_settings"] = {
-                "date_pattern": "d.m.Y H:i", "short_date_pattern": "d.m.Y",
-                "short_time_pattern": "H:i", "date_format": "d.m.Y", "time_format": "H:i",
-                "timezone": "Europe/Moscow", "timezone_offset": "+03:00",
+                "date_pattern": "d.m.Y H:i",
+                "short_date_pattern": "d.m.Y",
+                "short_time_pattern": "H:i",
+                "date_format": "d.m.Y",
+                "time_format": "H:i",
+                "timezone": "Europe/Moscow",
+                "timezone_offset": "+03:00",
             }
         if "users_groups" in extras:
             embedded["users_groups"] = [{"id": 0, "name": "Отдел продаж", "uuid": None}]
@@ -415,21 +538,30 @@ class AmoCrmEmulator:
         return _hal(self._present_user(request, user)) if user else _no_content()
 
     def _present_pipeline(self, request: Request, pipeline: dict[str, Any]) -> dict[str, Any]:
-        statuses = [self._present_status(request, status)
-                    for status in pipeline["_embedded"]["statuses"]]
-        return {**pipeline, "_links": self._href(request, f"/leads/pipelines/{pipeline['id']}"),
-                "_embedded": {"statuses": statuses}}
+        statuses = [
+            self._present_status(request, status) for status in pipeline["_embedded"]["statuses"]
+        ]
+        return {
+            **pipeline,
+            "_links": self._href(request, f"/leads/pipelines/{pipeline['id']}"),
+            "_embedded": {"statuses": statuses},
+        }
 
     def _present_status(self, request: Request, status: dict[str, Any]) -> dict[str, Any]:
         path = f"/leads/pipelines/{status['pipeline_id']}/statuses/{status['id']}"
         return {**status, "_links": self._href(request, path)}
 
     async def _list_pipelines(self, request: Request) -> Response:
-        pipelines = [self._present_pipeline(request, pipeline)
-                     for pipeline in self.pipelines.values()]
-        return _hal({"_total_items": len(pipelines), "_links": self._href(request,
-                                                                           "/leads/pipelines"),
-                     "_embedded": {"pipelines": pipelines}})
+        pipelines = [
+            self._present_pipeline(request, pipeline) for pipeline in self.pipelines.values()
+        ]
+        return _hal(
+            {
+                "_total_items": len(pipelines),
+                "_links": self._href(request, "/leads/pipelines"),
+                "_embedded": {"pipelines": pipelines},
+            }
+        )
 
     async def _get_pipeline(self, request: Request, id: str) -> Response:
         # Emulator's choice: a missing pipeline is 204, like any entity by id.
@@ -440,11 +572,16 @@ class AmoCrmEmulator:
         pipeline = self.pipelines.get(int(id))
         if pipeline is None:
             return _no_content()
-        statuses = [self._present_status(request, status)
-                    for status in pipeline["_embedded"]["statuses"]]
-        return _hal({"_total_items": len(statuses),
-                     "_links": self._href(request, f"/leads/pipelines/{id}/statuses"),
-                     "_embedded": {"statuses": statuses}})
+        statuses = [
+            self._present_status(request, status) for status in pipeline["_embedded"]["statuses"]
+        ]
+        return _hal(
+            {
+                "_total_items": len(statuses),
+                "_links": self._href(request, f"/leads/pipelines/{id}/statuses"),
+                "_embedded": {"statuses": statuses},
+            }
+        )
 
     async def _get_status(self, request: Request, id: str, status_id: str) -> Response:
         pipeline = self.pipelines.get(int(id))
@@ -458,20 +595,26 @@ class AmoCrmEmulator:
         return _no_content()
 
     async def _list_custom_fields(self, request: Request, entity: str) -> Response:
-        definitions = sorted(self.custom_fields[entity].values(),
-                             key=lambda definition: (definition["sort"], definition["id"]))
+        definitions = sorted(
+            self.custom_fields[entity].values(),
+            key=lambda definition: (definition["sort"], definition["id"]),
+        )
         return self._page(
-            request, "custom_fields", definitions,
-            lambda definition: {**definition, "_links": self._href(
-                request, f"/{entity}/custom_fields/{definition['id']}")},
-            cap=CUSTOM_FIELDS_LIMIT)
+            request,
+            "custom_fields",
+            definitions,
+            lambda definition: {
+                **definition,
+                "_links": self._href(request, f"/{entity}/custom_fields/{definition['id']}"),
+            },
+            cap=CUSTOM_FIELDS_LIMIT,
+        )
 
     async def _get_custom_field(self, request: Request, entity: str, id: str) -> Response:
         definition = self.custom_fields[entity].get(int(id))
         if definition is None:
             return _no_content()
-        return _hal({**definition,
-                     "_links": self._href(request, f"/{entity}/custom_fields/{id}")})
+        return _hal({**definition, "_links": self._href(request, f"/{entity}/custom_fields/{id}")})
 
     # ---- tags -----------------------------------------------------------------------------
 
@@ -481,20 +624,30 @@ class AmoCrmEmulator:
         wanted_ids = set(_ints(filters.get("id")))
         wanted_name = filters.get("name") if isinstance(filters.get("name"), str) else None
         text = request.query_params.get("query", "").strip().casefold()
-        tags = [tag for tag in sorted(self.tags[entity].values(), key=lambda tag: tag["id"])
-                if (not wanted_ids or tag["id"] in wanted_ids)
-                and (wanted_name is None or tag["name"] == wanted_name)
-                and (not text or text in tag["name"].casefold())]
-        return self._page(request, "tags", tags, lambda tag: {
-            **tag, "_links": self._href(request, f"/{entity}/tags/{tag['id']}")})
+        tags = [
+            tag
+            for tag in sorted(self.tags[entity].values(), key=lambda tag: tag["id"])
+            if (not wanted_ids or tag["id"] in wanted_ids)
+            and (wanted_name is None or tag["name"] == wanted_name)
+            and (not text or text in tag["name"].casefold())
+        ]
+        return self._page(
+            request,
+            "tags",
+            tags,
+            lambda tag: {**tag, "_links": self._href(request, f"/{entity}/tags/{tag['id']}")},
+        )
 
     async def _create_tags(self, request: Request, entity: str) -> Response:
         items = await self._json_array(request, BATCH_LIMIT)
         failures = []
         for index, item in enumerate(items):
             request_id = self._request_id(item, index)
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
-                    or not item["name"].strip():
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("name"), str)
+                or not item["name"].strip()
+            ):
                 failures.append({"request_id": request_id, "errors": [_error(NOT_BLANK, "name")]})
         if failures:
             raise _Invalid(failures)
@@ -502,35 +655,50 @@ class AmoCrmEmulator:
         for index, item in enumerate(items):
             tag = self._tag_by_name(entity, item["name"].strip(), item.get("color"))
             created.append({**tag, "request_id": self._request_id(item, index)})
-        return _hal({"_total_items": len(created), "_links": self._href(request, f"/{entity}/tags"),
-                     "_embedded": {"tags": created}})
+        return _hal(
+            {
+                "_total_items": len(created),
+                "_links": self._href(request, f"/{entity}/tags"),
+                "_embedded": {"tags": created},
+            }
+        )
 
     def _tag_by_name(self, entity: str, name: str, color: Any = None) -> dict[str, Any]:
         for tag in self.tags[entity].values():
             if tag["name"].casefold() == name.casefold():
                 return tag
-        tag = {"id": self._next_id("tags"), "name": name,
-               "color": color if isinstance(color, str) else None}
+        tag = {
+            "id": self._next_id("tags"),
+            "name": name,
+            "color": color if isinstance(color, str) else None,
+        }
         self.tags[entity][tag["id"]] = tag
         return tag
 
     # ---- leads, contacts, companies: reading ----------------------------------------------
 
-    def _present(self, request: Request, entity: str, record: dict[str, Any],
-                 extras: set[str]) -> dict[str, Any]:
-        embedded = {key: [dict(item) for item in value]
-                    for key, value in record["_embedded"].items()}
-        hidden = {"leads": {"contacts": "contacts"}, "contacts": {"leads": "leads"},
-                  "companies": {"contacts": "contacts", "leads": "leads"}}[entity]
+    def _present(
+        self, request: Request, entity: str, record: dict[str, Any], extras: set[str]
+    ) -> dict[str, Any]:
+        embedded = {
+            key: [dict(item) for item in value] for key, value in record["_embedded"].items()
+        }
+        hidden = {
+            "leads": {"contacts": "contacts"},
+            "contacts": {"leads": "leads"},
+            "companies": {"contacts": "contacts", "leads": "leads"},
+        }[entity]
         for key, needs in hidden.items():
             if needs not in extras:
                 embedded.pop(key, None)
         for key in ("contacts", "leads", "companies"):
             for item in embedded.get(key, []):
                 item["_links"] = self._href(request, f"/{key}/{item['id']}")
-        return {**{key: value for key, value in record.items() if key != "_embedded"},
-                "_links": self._href(request, f"/{entity}/{record['id']}"),
-                "_embedded": embedded}
+        return {
+            **{key: value for key, value in record.items() if key != "_embedded"},
+            "_links": self._href(request, f"/{entity}/{record['id']}"),
+            "_embedded": embedded,
+        }
 
     async def _get_entity(self, request: Request, entity: str, id: str) -> Response:
         record = self.records(entity).get(int(id))
@@ -541,18 +709,21 @@ class AmoCrmEmulator:
     async def _list_entities(self, request: Request, entity: str) -> Response:
         query = parse_query(request.url.query)
         filters = query.get("filter") if isinstance(query.get("filter"), dict) else {}
-        records = [record for record in self.records(entity).values()
-                   if self._passes_filters(entity, record, filters)]
+        records = [
+            record
+            for record in self.records(entity).values()
+            if self._passes_filters(entity, record, filters)
+        ]
         text = request.query_params.get("query", "").strip()
         if text:
             records = [record for record in records if _matches_text(record, text)]
         records = _ordered(records, query.get("order"))
         extras = _split_with(request)
-        return self._page(request, entity, records,
-                          lambda record: self._present(request, entity, record, extras))
+        return self._page(
+            request, entity, records, lambda record: self._present(request, entity, record, extras)
+        )
 
-    def _passes_filters(self, entity: str, record: dict[str, Any],
-                        filters: dict[str, Any]) -> bool:
+    def _passes_filters(self, entity: str, record: dict[str, Any], filters: dict[str, Any]) -> bool:
         ids = _ints(filters.get("id"))
         if ids and record["id"] not in ids:
             return False
@@ -562,8 +733,11 @@ class AmoCrmEmulator:
         responsible = _ints(filters.get("responsible_user_id"))
         if responsible and record.get("responsible_user_id") not in responsible:
             return False
-        time_keys = ("created_at", "updated_at", "closed_at") if entity == "leads" \
+        time_keys = (
+            ("created_at", "updated_at", "closed_at")
+            if entity == "leads"
             else ("created_at", "updated_at")
+        )
         for key in time_keys:
             if not _in_range(record.get(key), filters.get(key)):
                 return False
@@ -577,8 +751,10 @@ class AmoCrmEmulator:
         pairs = set()
         for pair in _as_list(filters.get("statuses")):
             if isinstance(pair, dict):
-                pipeline_ids, status_ids = _ints(pair.get("pipeline_id")), _ints(
-                    pair.get("status_id"))
+                pipeline_ids, status_ids = (
+                    _ints(pair.get("pipeline_id")),
+                    _ints(pair.get("status_id")),
+                )
                 if pipeline_ids and status_ids:
                     pairs.add((pipeline_ids[0], status_ids[0]))
         return not pairs or (record["pipeline_id"], record["status_id"]) in pairs
@@ -586,8 +762,11 @@ class AmoCrmEmulator:
     # ---- leads, contacts, companies: writing ----------------------------------------------
 
     def _request_id(self, item: Any, index: int) -> str:
-        if isinstance(item, dict) and isinstance(item.get("request_id"), (str, int)) \
-                and not isinstance(item.get("request_id"), bool):
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("request_id"), (str, int))
+            and not isinstance(item.get("request_id"), bool)
+        ):
             return str(item["request_id"])
         return str(index)
 
@@ -605,10 +784,14 @@ class AmoCrmEmulator:
         answer = []
         for index, (item, plan) in enumerate(zip(items, plans, strict=True)):
             record = self._create_record(entity, plan)
-            answer.append({"id": record["id"], "request_id": self._request_id(item, index),
-                           "_links": self._href(request, f"/{entity}/{record['id']}")})
-        return _hal({"_links": self._href(request, f"/{entity}"),
-                     "_embedded": {entity: answer}})
+            answer.append(
+                {
+                    "id": record["id"],
+                    "request_id": self._request_id(item, index),
+                    "_links": self._href(request, f"/{entity}/{record['id']}"),
+                }
+            )
+        return _hal({"_links": self._href(request, f"/{entity}"), "_embedded": {entity: answer}})
 
     async def _update_entities(self, request: Request, entity: str) -> Response:
         items = await self._json_array(request, BATCH_LIMIT)
@@ -623,10 +806,14 @@ class AmoCrmEmulator:
         answer = []
         for record, plan in plans:
             self._apply(entity, record, plan)
-            answer.append({"id": record["id"], "updated_at": record["updated_at"],
-                           "_links": self._href(request, f"/{entity}/{record['id']}")})
-        return _hal({"_links": self._href(request, f"/{entity}"),
-                     "_embedded": {entity: answer}})
+            answer.append(
+                {
+                    "id": record["id"],
+                    "updated_at": record["updated_at"],
+                    "_links": self._href(request, f"/{entity}/{record['id']}"),
+                }
+            )
+        return _hal({"_links": self._href(request, f"/{entity}"), "_embedded": {entity: answer}})
 
     async def _update_entity(self, request: Request, entity: str, id: str) -> Response:
         item = await self._json(request)
@@ -636,11 +823,17 @@ class AmoCrmEmulator:
         if errors:
             raise _Invalid([{"request_id": self._request_id(item, 0), "errors": errors}])
         self._apply(entity, record, plan)
-        return _hal({"id": record["id"], "updated_at": record["updated_at"],
-                     "_links": self._href(request, f"/{entity}/{record['id']}")})
+        return _hal(
+            {
+                "id": record["id"],
+                "updated_at": record["updated_at"],
+                "_links": self._href(request, f"/{entity}/{record['id']}"),
+            }
+        )
 
-    def _check_update(self, entity: str, item: Any
-                      ) -> tuple[list[dict[str, str]], dict[str, Any], dict[str, Any] | None]:
+    def _check_update(
+        self, entity: str, item: Any
+    ) -> tuple[list[dict[str, str]], dict[str, Any], dict[str, Any] | None]:
         if not isinstance(item, dict):
             return [_error(WRONG_TYPE, "", "object")], {}, None
         if "id" not in item:
@@ -654,9 +847,14 @@ class AmoCrmEmulator:
         errors, plan = self._check_entity(entity, body, "", existing=record)
         return errors, plan, record
 
-    def _check_entity(self, entity: str, item: Any, prefix: str,
-                      existing: dict[str, Any] | None, complex_mode: bool = False
-                      ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    def _check_entity(
+        self,
+        entity: str,
+        item: Any,
+        prefix: str,
+        existing: dict[str, Any] | None,
+        complex_mode: bool = False,
+    ) -> tuple[list[dict[str, str]], dict[str, Any]]:
         """Validate one written entity; return errors and the normalised changes to apply."""
         if not isinstance(item, dict):
             return [_error(WRONG_TYPE, prefix.rstrip("."), "object")], {}
@@ -693,12 +891,17 @@ class AmoCrmEmulator:
 
         if "custom_fields_values" in item:
             field_errors, plan["custom_fields_values"] = self._check_custom_fields(
-                entity, item["custom_fields_values"], prefix + "custom_fields_values")
+                entity, item["custom_fields_values"], prefix + "custom_fields_values"
+            )
             errors += field_errors
-            if complex_mode and isinstance(item["custom_fields_values"], list) \
-                    and len(item["custom_fields_values"]) > COMPLEX_FIELDS_LIMIT:
-                errors.append(_error(TOO_MANY, prefix + "custom_fields_values",
-                                     COMPLEX_FIELDS_LIMIT))
+            if (
+                complex_mode
+                and isinstance(item["custom_fields_values"], list)
+                and len(item["custom_fields_values"]) > COMPLEX_FIELDS_LIMIT
+            ):
+                errors.append(
+                    _error(TOO_MANY, prefix + "custom_fields_values", COMPLEX_FIELDS_LIMIT)
+                )
         for key in ("tags_to_add", "tags_to_delete"):
             if key in item:
                 tag_errors, plan[key] = self._check_tags(entity, item[key], prefix + key)
@@ -712,18 +915,25 @@ class AmoCrmEmulator:
             if key not in EMBEDDABLE[entity]:
                 errors.append(_error(NOT_EXPECTED, f"{prefix}_embedded.{key}"))
         if "tags" in embedded:
-            tag_errors, plan["tags"] = self._check_tags(entity, embedded["tags"],
-                                                        prefix + "_embedded.tags")
+            tag_errors, plan["tags"] = self._check_tags(
+                entity, embedded["tags"], prefix + "_embedded.tags"
+            )
             errors += tag_errors
         for key in ("contacts", "companies"):
             if key in embedded and key in EMBEDDABLE[entity] and not complex_mode:
                 link_errors, plan[key] = self._check_existing_links(
-                    key, embedded[key], f"{prefix}_embedded.{key}")
+                    key, embedded[key], f"{prefix}_embedded.{key}"
+                )
                 errors += link_errors
         return errors, plan
 
-    def _check_status(self, item: dict[str, Any], plan: dict[str, Any], prefix: str,
-                      existing: dict[str, Any] | None) -> list[dict[str, str]]:
+    def _check_status(
+        self,
+        item: dict[str, Any],
+        plan: dict[str, Any],
+        prefix: str,
+        existing: dict[str, Any] | None,
+    ) -> list[dict[str, str]]:
         if "pipeline_id" in plan and plan["pipeline_id"] not in self.pipelines:
             return [_error(NOT_SUPPORTED, prefix + "pipeline_id")]
         if "pipeline_id" in plan:
@@ -731,8 +941,9 @@ class AmoCrmEmulator:
         elif existing is not None:
             pipeline_id = existing["pipeline_id"]
         else:
-            pipeline_id = next(pid for pid, pipeline in self.pipelines.items()
-                               if pipeline["is_main"])
+            pipeline_id = next(
+                pid for pid, pipeline in self.pipelines.items() if pipeline["is_main"]
+            )
         statuses = self.pipelines[pipeline_id]["_embedded"]["statuses"]
         # Emulator's choice: the unsorted status (type 1) cannot be set through the API.
         allowed = [status["id"] for status in statuses if status["type"] != 1]
@@ -744,8 +955,9 @@ class AmoCrmEmulator:
         plan["pipeline_id"] = pipeline_id
         return []
 
-    def _check_custom_fields(self, entity: str, fields: Any, path: str
-                             ) -> tuple[list[dict[str, str]], list[tuple[dict[str, Any], Any]]]:
+    def _check_custom_fields(
+        self, entity: str, fields: Any, path: str
+    ) -> tuple[list[dict[str, str]], list[tuple[dict[str, Any], Any]]]:
         if not isinstance(fields, list):
             return [_error(WRONG_TYPE, path, "array")], []
         definitions = self.custom_fields[entity]
@@ -761,15 +973,22 @@ class AmoCrmEmulator:
                     errors.append(_error(NOT_EXPECTED, f"{where}.{key}"))
             definition = None
             if "field_id" in written:
-                definition = definitions.get(written["field_id"]) \
-                    if _is_int(written["field_id"]) else None
+                definition = (
+                    definitions.get(written["field_id"]) if _is_int(written["field_id"]) else None
+                )
                 if definition is None:
                     errors.append(_error(NOT_SUPPORTED, f"{where}.field_id"))
                     continue
             elif "field_code" in written:
-                definition = next((candidate for candidate in definitions.values()
-                                   if candidate["code"] is not None
-                                   and candidate["code"] == written["field_code"]), None)
+                definition = next(
+                    (
+                        candidate
+                        for candidate in definitions.values()
+                        if candidate["code"] is not None
+                        and candidate["code"] == written["field_code"]
+                    ),
+                    None,
+                )
                 if definition is None:
                     errors.append(_error(NOT_SUPPORTED, f"{where}.field_code"))
                     continue
@@ -785,15 +1004,17 @@ class AmoCrmEmulator:
                 continue
             stored = []
             for position, value in enumerate(values):
-                value_errors, read_value = _check_field_value(definition, value,
-                                                              f"{where}.values.{position}")
+                value_errors, read_value = _check_field_value(
+                    definition, value, f"{where}.values.{position}"
+                )
                 errors += value_errors
                 stored.append(read_value)
             changes.append((definition, stored))
         return errors, changes
 
-    def _check_tags(self, entity: str, tags: Any, path: str
-                    ) -> tuple[list[dict[str, str]], list[Any]]:
+    def _check_tags(
+        self, entity: str, tags: Any, path: str
+    ) -> tuple[list[dict[str, str]], list[Any]]:
         if not isinstance(tags, list):
             return [_error(WRONG_TYPE, path, "array")], []
         errors, wanted = [], []
@@ -804,15 +1025,15 @@ class AmoCrmEmulator:
                     wanted.append(tag["id"])
                 else:
                     errors.append(_error(NOT_SUPPORTED, f"{where}.id"))
-            elif isinstance(tag, dict) and isinstance(tag.get("name"), str) \
-                    and tag["name"].strip():
+            elif isinstance(tag, dict) and isinstance(tag.get("name"), str) and tag["name"].strip():
                 wanted.append(tag["name"].strip())
             else:
                 errors.append(_error(NOT_BLANK, f"{where}.name"))
         return errors, wanted
 
-    def _check_existing_links(self, kind: str, links: Any, path: str
-                              ) -> tuple[list[dict[str, str]], list[tuple[int, bool]]]:
+    def _check_existing_links(
+        self, kind: str, links: Any, path: str
+    ) -> tuple[list[dict[str, str]], list[tuple[int, bool]]]:
         if not isinstance(links, list):
             return [_error(WRONG_TYPE, path, "array")], []
         errors, wanted = [], []
@@ -835,20 +1056,27 @@ class AmoCrmEmulator:
             record.update(name=plan.get("name", f"Сделка #{record_id}"), price=plan.get("price", 0))
         elif entity == "contacts":
             first, last = plan.get("first_name", ""), plan.get("last_name", "")
-            record.update(name=plan.get("name") or f"{first} {last}".strip(),
-                          first_name=first, last_name=last)
+            record.update(
+                name=plan.get("name") or f"{first} {last}".strip(), first_name=first, last_name=last
+            )
         else:
             record.update(name=plan.get("name", ""))
-        record.update(responsible_user_id=plan.get("responsible_user_id", self._current_user_id),
-                      group_id=0)
+        record.update(
+            responsible_user_id=plan.get("responsible_user_id", self._current_user_id), group_id=0
+        )
         if entity == "leads":
-            record.update(status_id=plan["status_id"], pipeline_id=plan["pipeline_id"],
-                          loss_reason_id=plan.get("loss_reason_id"))
-        record.update(created_by=self._current_user_id,
-                      updated_by=plan.get("updated_by", self._current_user_id),
-                      # Emulator's choice: a caller's own created_at is kept, as amoCRM allows.
-                      created_at=plan.get("created_at", now),
-                      updated_at=plan.get("updated_at", now))
+            record.update(
+                status_id=plan["status_id"],
+                pipeline_id=plan["pipeline_id"],
+                loss_reason_id=plan.get("loss_reason_id"),
+            )
+        record.update(
+            created_by=self._current_user_id,
+            updated_by=plan.get("updated_by", self._current_user_id),
+            # Emulator's choice: a caller's own created_at is kept, as amoCRM allows.
+            created_at=plan.get("created_at", now),
+            updated_at=plan.get("updated_at", now),
+        )
         if entity == "leads":
             closed = plan["status_id"] in (WON_STATUS_ID, LOST_STATUS_ID)
             record["closed_at"] = plan.get("closed_at", now if closed else None)
@@ -861,29 +1089,46 @@ class AmoCrmEmulator:
         record["account_id"] = self.account["id"]
         if entity == "leads":
             record["labor_cost"] = None
-        record["_embedded"] = {"tags": [], **{key: [] for key in
-                                              {"leads": ("companies", "contacts"),
-                                               "contacts": ("companies", "leads"),
-                                               "companies": ("contacts", "leads")}[entity]}}
+        record["_embedded"] = {
+            "tags": [],
+            **{
+                key: []
+                for key in {
+                    "leads": ("companies", "contacts"),
+                    "contacts": ("companies", "leads"),
+                    "companies": ("contacts", "leads"),
+                }[entity]
+            },
+        }
         self.records(entity)[record_id] = record
         self._apply(entity, record, plan, touch=False)
         self._record_event(f"{EVENT_ENTITY[entity]}_added", entity, record_id, [])
         return record
 
-    def _apply(self, entity: str, record: dict[str, Any], plan: dict[str, Any],
-               touch: bool = True) -> None:
+    def _apply(
+        self, entity: str, record: dict[str, Any], plan: dict[str, Any], touch: bool = True
+    ) -> None:
         now = int(time.time())
         if touch:
-            for key in ("name", "first_name", "last_name", "price", "responsible_user_id",
-                        "loss_reason_id", "created_at", "updated_by"):
+            for key in (
+                "name",
+                "first_name",
+                "last_name",
+                "price",
+                "responsible_user_id",
+                "loss_reason_id",
+                "created_at",
+                "updated_by",
+            ):
                 if key in plan:
                     record[key] = plan[key]
             if entity == "leads":
                 self._move_lead(record, plan, now)
             record["updated_at"] = plan.get("updated_at", now)
         if plan.get("custom_fields_values"):
-            record["custom_fields_values"] = _merge_fields(record["custom_fields_values"],
-                                                           plan["custom_fields_values"])
+            record["custom_fields_values"] = _merge_fields(
+                record["custom_fields_values"], plan["custom_fields_values"]
+            )
         if "tags" in plan:
             record["_embedded"]["tags"] = self._resolve_tags(entity, plan["tags"])
         if plan.get("tags_to_add"):
@@ -893,8 +1138,9 @@ class AmoCrmEmulator:
                     record["_embedded"]["tags"].append(tag)
         if plan.get("tags_to_delete"):
             dropped = {tag["id"] for tag in self._resolve_tags(entity, plan["tags_to_delete"])}
-            record["_embedded"]["tags"] = [tag for tag in record["_embedded"]["tags"]
-                                           if tag["id"] not in dropped]
+            record["_embedded"]["tags"] = [
+                tag for tag in record["_embedded"]["tags"] if tag["id"] not in dropped
+            ]
         for kind in ("contacts", "companies"):
             for other_id, is_main in plan.get(kind, []):
                 self.link(entity, record["id"], kind, other_id, is_main)
@@ -910,25 +1156,35 @@ class AmoCrmEmulator:
             record["closed_at"] = now if closed else None
         if (record["pipeline_id"], record["status_id"]) != before:
             self._record_event(
-                "lead_status_changed", "leads", record["id"],
-                [{"lead_status": {"id": record["status_id"],
-                                  "pipeline_id": record["pipeline_id"]}}],
-                [{"lead_status": {"id": before[1], "pipeline_id": before[0]}}])
+                "lead_status_changed",
+                "leads",
+                record["id"],
+                [
+                    {
+                        "lead_status": {
+                            "id": record["status_id"],
+                            "pipeline_id": record["pipeline_id"],
+                        }
+                    }
+                ],
+                [{"lead_status": {"id": before[1], "pipeline_id": before[0]}}],
+            )
 
     def _resolve_tags(self, entity: str, wanted: list[Any]) -> list[dict[str, Any]]:
         resolved = []
         for tag in wanted:
-            found = self.tags[entity][tag] if isinstance(tag, int) else self._tag_by_name(entity,
-                                                                                        tag)
+            found = (
+                self.tags[entity][tag] if isinstance(tag, int) else self._tag_by_name(entity, tag)
+            )
             if all(found["id"] != item["id"] for item in resolved):
-                resolved.append({"id": found["id"], "name": found["name"],
-                                 "color": found["color"]})
+                resolved.append({"id": found["id"], "name": found["name"], "color": found["color"]})
         return resolved
 
     # ---- links ----------------------------------------------------------------------------
 
-    def link(self, entity: str, entity_id: int, other: str, other_id: int,
-             is_main: bool = False) -> None:
+    def link(
+        self, entity: str, entity_id: int, other: str, other_id: int, is_main: bool = False
+    ) -> None:
         """Link two records both ways; a lead or a contact has at most one company."""
         pair = {entity: entity_id, other: other_id}
         if set(pair) == {"leads", "contacts"}:
@@ -975,17 +1231,23 @@ class AmoCrmEmulator:
         for kind in ("leads", "contacts", "companies"):
             for item in record["_embedded"].get(kind, []):
                 metadata = {"main_contact": item["is_main"]} if "is_main" in item else None
-                links.append({"to_entity_id": item["id"], "to_entity_type": kind,
-                              "metadata": metadata})
+                links.append(
+                    {"to_entity_id": item["id"], "to_entity_type": kind, "metadata": metadata}
+                )
         if not links:
             # Emulator's choice: no links reads like an empty list, 204.
             return _no_content()
-        return _hal({"_total_items": len(links), "_links": self._href(request,
-                                                                      f"/{entity}/{id}/links"),
-                     "_embedded": {"links": links}})
+        return _hal(
+            {
+                "_total_items": len(links),
+                "_links": self._href(request, f"/{entity}/{id}/links"),
+                "_embedded": {"links": links},
+            }
+        )
 
-    async def _check_link_body(self, request: Request, entity: str, id: str
-                               ) -> list[tuple[str, int, bool]]:
+    async def _check_link_body(
+        self, request: Request, entity: str, id: str
+    ) -> list[tuple[str, int, bool]]:
         if int(id) not in self.records(entity):
             # Emulator's choice: linking from a missing entity is a 404 problem.
             raise _Problem(404, "Not Found", f"No {entity} with id {id}")
@@ -1003,8 +1265,11 @@ class AmoCrmEmulator:
                 failures.append({"request_id": str(index), "errors": errors})
                 continue
             metadata = item.get("metadata") or {}
-            is_main = bool(metadata.get("is_main") or metadata.get("main_contact")) \
-                if isinstance(metadata, dict) else False
+            is_main = (
+                bool(metadata.get("is_main") or metadata.get("main_contact"))
+                if isinstance(metadata, dict)
+                else False
+            )
             wanted.append((kind, target, is_main))
         if failures:
             raise _Invalid(failures)
@@ -1015,13 +1280,24 @@ class AmoCrmEmulator:
         answer = []
         for kind, target, is_main in wanted:
             self.link(entity, int(id), kind, target, is_main)
-            answer.append({"entity_id": int(id), "entity_type": entity, "to_entity_id": target,
-                           "to_entity_type": kind,
-                           "metadata": {"main_contact": is_main} if "leads" in (entity, kind)
-                           and "contacts" in (entity, kind) else None})
-        return _hal({"_total_items": len(answer),
-                     "_links": self._href(request, f"/{entity}/{id}/link"),
-                     "_embedded": {"links": answer}})
+            answer.append(
+                {
+                    "entity_id": int(id),
+                    "entity_type": entity,
+                    "to_entity_id": target,
+                    "to_entity_type": kind,
+                    "metadata": {"main_contact": is_main}
+                    if "leads" in (entity, kind) and "contacts" in (entity, kind)
+                    else None,
+                }
+            )
+        return _hal(
+            {
+                "_total_items": len(answer),
+                "_links": self._href(request, f"/{entity}/{id}/link"),
+                "_embedded": {"links": answer},
+            }
+        )
 
     async def _unlink_entities(self, request: Request, entity: str, id: str) -> Response:
         for kind, target, _is_main in await self._check_link_body(request, entity, id):
@@ -1046,23 +1322,35 @@ class AmoCrmEmulator:
             lead = self._create_record("leads", plan["lead"])
             contact_id = company_id = None
             if plan["contact"] is not None:
-                contact_id = plan["contact"] if isinstance(plan["contact"], int) \
+                contact_id = (
+                    plan["contact"]
+                    if isinstance(plan["contact"], int)
                     else self._create_record("contacts", plan["contact"])["id"]
+                )
                 self.link("leads", lead["id"], "contacts", contact_id, True)
             if plan["company"] is not None:
-                company_id = plan["company"] if isinstance(plan["company"], int) \
+                company_id = (
+                    plan["company"]
+                    if isinstance(plan["company"], int)
                     else self._create_record("companies", plan["company"])["id"]
+                )
                 self.link("leads", lead["id"], "companies", company_id)
                 if contact_id is not None:
                     self.link("contacts", contact_id, "companies", company_id)
-            answer.append({"id": lead["id"], "contact_id": contact_id, "company_id": company_id,
-                           "request_id": [self._request_id(item, index)], "merged": False})
+            answer.append(
+                {
+                    "id": lead["id"],
+                    "contact_id": contact_id,
+                    "company_id": company_id,
+                    "request_id": [self._request_id(item, index)],
+                    "merged": False,
+                }
+            )
         # The complex endpoint answers with a bare array, not the usual _embedded envelope.
         return _hal(answer)
 
     def _check_complex(self, item: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
-        errors, lead_plan = self._check_entity("leads", item, "", existing=None,
-                                               complex_mode=True)
+        errors, lead_plan = self._check_entity("leads", item, "", existing=None, complex_mode=True)
         plan: dict[str, Any] = {"lead": lead_plan, "contact": None, "company": None}
         embedded = item.get("_embedded") if isinstance(item, dict) else None
         if not isinstance(embedded, dict):
@@ -1088,8 +1376,9 @@ class AmoCrmEmulator:
                 else:
                     errors.append(_error(NOT_SUPPORTED, f"{path}.0.id"))
                 continue
-            entry_errors, plan[key] = self._check_entity(kind, entry, f"{path}.0.", existing=None,
-                                                         complex_mode=True)
+            entry_errors, plan[key] = self._check_entity(
+                kind, entry, f"{path}.0.", existing=None, complex_mode=True
+            )
             errors += entry_errors
         return errors, plan
 
@@ -1107,23 +1396,28 @@ class AmoCrmEmulator:
         entity_ids = {int(id)} if id is not None else set(_ints(filters.get("entity_id")))
         note_ids = set(_ints(filters.get("id")))
         note_types = {kind for kind in _as_list(filters.get("note_type")) if isinstance(kind, str)}
-        notes = [note for note in self.notes.values()
-                 if note["entity_type"] == entity
-                 and (not entity_ids or note["entity_id"] in entity_ids)
-                 and (not note_ids or note["id"] in note_ids)
-                 and (not note_types or note["note_type"] in note_types)
-                 and _in_range(note["updated_at"], filters.get("updated_at"))]
+        notes = [
+            note
+            for note in self.notes.values()
+            if note["entity_type"] == entity
+            and (not entity_ids or note["entity_id"] in entity_ids)
+            and (not note_ids or note["id"] in note_ids)
+            and (not note_types or note["note_type"] in note_types)
+            and _in_range(note["updated_at"], filters.get("updated_at"))
+        ]
         notes = _ordered(notes, query.get("order"))
         return self._page(request, "notes", notes, lambda note: self._present_note(request, note))
 
-    async def _create_notes(self, request: Request, entity: str, id: str | None = None
-                            ) -> Response:
+    async def _create_notes(self, request: Request, entity: str, id: str | None = None) -> Response:
         items = await self._json_array(request, BATCH_LIMIT)
         failures = []
         for index, item in enumerate(items):
             errors = _check_note(item)
-            target = int(id) if id is not None else (item.get("entity_id")
-                                                     if isinstance(item, dict) else None)
+            target = (
+                int(id)
+                if id is not None
+                else (item.get("entity_id") if isinstance(item, dict) else None)
+            )
             if not _is_int(target) or target not in self.records(entity):
                 errors.append(_error(NOT_SUPPORTED, "entity_id"))
             if errors:
@@ -1136,38 +1430,70 @@ class AmoCrmEmulator:
             target = int(id) if id is not None else item["entity_id"]
             owner = self.records(entity)[target]
             note = {
-                "id": self._next_id("notes"), "entity_id": target, "entity_type": entity,
+                "id": self._next_id("notes"),
+                "entity_id": target,
+                "entity_type": entity,
                 "created_by": item.get("created_by", self._current_user_id),
-                "updated_by": self._current_user_id, "created_at": item.get("created_at", now),
+                "updated_by": self._current_user_id,
+                "created_at": item.get("created_at", now),
                 "updated_at": now,
-                "responsible_user_id": item.get("responsible_user_id",
-                                                owner["responsible_user_id"]),
-                "group_id": 0, "note_type": item["note_type"], "params": item["params"],
+                "responsible_user_id": item.get(
+                    "responsible_user_id", owner["responsible_user_id"]
+                ),
+                "group_id": 0,
+                "note_type": item["note_type"],
+                "params": item["params"],
                 "account_id": self.account["id"],
             }
             self.notes[note["id"]] = note
-            answer.append({"id": note["id"], "entity_id": target,
-                           "request_id": self._request_id(item, index),
-                           "_links": self._present_note(request, note)["_links"]})
-        return _hal({"_links": self._href(request, request.url.path[len(API_PREFIX):]),
-                     "_embedded": {"notes": answer}})
+            answer.append(
+                {
+                    "id": note["id"],
+                    "entity_id": target,
+                    "request_id": self._request_id(item, index),
+                    "_links": self._present_note(request, note)["_links"],
+                }
+            )
+        return _hal(
+            {
+                "_links": self._href(request, request.url.path[len(API_PREFIX) :]),
+                "_embedded": {"notes": answer},
+            }
+        )
 
     # ---- events ---------------------------------------------------------------------------
 
     async def _list_events(self, request: Request) -> Response:
         query = parse_query(request.url.query)
         filters = query.get("filter") if isinstance(query.get("filter"), dict) else {}
-        kinds = {kind.strip() for text in _as_list(filters.get("type")) if isinstance(text, str)
-                 for kind in text.split(",") if kind.strip()}
-        entity_kinds = {kind.strip() for text in _as_list(filters.get("entity"))
-                        if isinstance(text, str) for kind in text.split(",") if kind.strip()}
-        events = [event for event in reversed(self.events)
-                  if (not kinds or event["type"] in kinds)
-                  and (not entity_kinds or event["entity_type"] in entity_kinds)
-                  and _in_range(event["created_at"], filters.get("created_at"))]
-        return self._page(request, "events", events,
-                          lambda event: {**event, "_links": self._href(
-                              request, f"/events/{event['id']}")}, cap=EVENTS_LIMIT)
+        kinds = {
+            kind.strip()
+            for text in _as_list(filters.get("type"))
+            if isinstance(text, str)
+            for kind in text.split(",")
+            if kind.strip()
+        }
+        entity_kinds = {
+            kind.strip()
+            for text in _as_list(filters.get("entity"))
+            if isinstance(text, str)
+            for kind in text.split(",")
+            if kind.strip()
+        }
+        events = [
+            event
+            for event in reversed(self.events)
+            if (not kinds or event["type"] in kinds)
+            and (not entity_kinds or event["entity_type"] in entity_kinds)
+            and _in_range(event["created_at"], filters.get("created_at"))
+        ]
+        return self._page(
+            request,
+            "events",
+            events,
+            lambda event: {**event, "_links": self._href(request, f"/events/{event['id']}")},
+            cap=EVENTS_LIMIT,
+        )
 
     # ---- tasks ----------------------------------------------------------------------------
 
@@ -1183,14 +1509,17 @@ class AmoCrmEmulator:
         task_types = set(_ints(filters.get("task_type")))
         entity_type = filters.get("entity_type")
         completed = filters.get("is_completed")
-        tasks = [task for task in self.tasks.values()
-                 if (not ids or task["id"] in ids)
-                 and (not responsible or task["responsible_user_id"] in responsible)
-                 and (not entity_ids or task["entity_id"] in entity_ids)
-                 and (not task_types or task["task_type_id"] in task_types)
-                 and (not isinstance(entity_type, str) or task["entity_type"] == entity_type)
-                 and (completed not in ("0", "1") or task["is_completed"] == (completed == "1"))
-                 and _in_range(task["updated_at"], filters.get("updated_at"))]
+        tasks = [
+            task
+            for task in self.tasks.values()
+            if (not ids or task["id"] in ids)
+            and (not responsible or task["responsible_user_id"] in responsible)
+            and (not entity_ids or task["entity_id"] in entity_ids)
+            and (not task_types or task["task_type_id"] in task_types)
+            and (not isinstance(entity_type, str) or task["entity_type"] == entity_type)
+            and (completed not in ("0", "1") or task["is_completed"] == (completed == "1"))
+            and _in_range(task["updated_at"], filters.get("updated_at"))
+        ]
         tasks = _ordered(tasks, query.get("order"))
         return self._page(request, "tasks", tasks, lambda task: self._present_task(request, task))
 
@@ -1201,8 +1530,9 @@ class AmoCrmEmulator:
     def _check_task(self, item: Any, existing: dict[str, Any] | None) -> list[dict[str, str]]:
         if not isinstance(item, dict):
             return [_error(WRONG_TYPE, "", "object")]
-        errors = [_error(NOT_EXPECTED, key) for key in item
-                  if key not in TASK_WRITABLE and key != "id"]
+        errors = [
+            _error(NOT_EXPECTED, key) for key in item if key not in TASK_WRITABLE and key != "id"
+        ]
         if existing is None:
             for key in ("text", "complete_till"):
                 if key not in item:
@@ -1214,8 +1544,9 @@ class AmoCrmEmulator:
                 errors.append(_error(WRONG_TYPE, key, "int"))
         if "is_completed" in item and not isinstance(item["is_completed"], bool):
             errors.append(_error(WRONG_TYPE, "is_completed", "bool"))
-        if "task_type_id" in item and item["task_type_id"] not in [kind["id"]
-                                                                   for kind in TASK_TYPES]:
+        if "task_type_id" in item and item["task_type_id"] not in [
+            kind["id"] for kind in TASK_TYPES
+        ]:
             errors.append(_error(NOT_SUPPORTED, "task_type_id"))
         if "responsible_user_id" in item and item["responsible_user_id"] not in self.users:
             errors.append(_error(NOT_SUPPORTED, "responsible_user_id"))
@@ -1230,29 +1561,42 @@ class AmoCrmEmulator:
 
     async def _create_tasks(self, request: Request) -> Response:
         items = await self._json_array(request, BATCH_LIMIT)
-        failures = [{"request_id": self._request_id(item, index), "errors": errors}
-                    for index, item in enumerate(items)
-                    if (errors := self._check_task(item, None))]
+        failures = [
+            {"request_id": self._request_id(item, index), "errors": errors}
+            for index, item in enumerate(items)
+            if (errors := self._check_task(item, None))
+        ]
         if failures:
             raise _Invalid(failures)
         now = int(time.time())
         answer = []
         for index, item in enumerate(items):
             task = {
-                "id": self._next_id("tasks"), "created_by": self._current_user_id,
-                "updated_by": self._current_user_id, "created_at": item.get("created_at", now),
+                "id": self._next_id("tasks"),
+                "created_by": self._current_user_id,
+                "updated_by": self._current_user_id,
+                "created_at": item.get("created_at", now),
                 "updated_at": item.get("updated_at", now),
                 "responsible_user_id": item.get("responsible_user_id", self._current_user_id),
-                "group_id": 0, "entity_id": item.get("entity_id"),
-                "entity_type": item.get("entity_type"), "duration": item.get("duration", 0),
+                "group_id": 0,
+                "entity_id": item.get("entity_id"),
+                "entity_type": item.get("entity_type"),
+                "duration": item.get("duration", 0),
                 "is_completed": item.get("is_completed", False),
-                "task_type_id": item.get("task_type_id", 1), "text": item["text"],
-                "result": item.get("result", []), "complete_till": item["complete_till"],
+                "task_type_id": item.get("task_type_id", 1),
+                "text": item["text"],
+                "result": item.get("result", []),
+                "complete_till": item["complete_till"],
                 "account_id": self.account["id"],
             }
             self.tasks[task["id"]] = task
-            answer.append({"id": task["id"], "request_id": self._request_id(item, index),
-                           "_links": self._href(request, f"/tasks/{task['id']}")})
+            answer.append(
+                {
+                    "id": task["id"],
+                    "request_id": self._request_id(item, index),
+                    "_links": self._href(request, f"/tasks/{task['id']}"),
+                }
+            )
         return _hal({"_links": self._href(request, "/tasks"), "_embedded": {"tasks": answer}})
 
     def _apply_task(self, task: dict[str, Any], item: dict[str, Any]) -> None:
@@ -1266,8 +1610,11 @@ class AmoCrmEmulator:
         items = await self._json_array(request, BATCH_LIMIT)
         failures = []
         for index, item in enumerate(items):
-            task = self.tasks.get(item.get("id")) if isinstance(item, dict) \
-                and _is_int(item.get("id")) else None
+            task = (
+                self.tasks.get(item.get("id"))
+                if isinstance(item, dict) and _is_int(item.get("id"))
+                else None
+            )
             errors = [_error(UNKNOWN_ID, "id")] if task is None else self._check_task(item, task)
             if errors:
                 failures.append({"request_id": self._request_id(item, index), "errors": errors})
@@ -1277,8 +1624,13 @@ class AmoCrmEmulator:
         for item in items:
             task = self.tasks[item["id"]]
             self._apply_task(task, item)
-            answer.append({"id": task["id"], "updated_at": task["updated_at"],
-                           "_links": self._href(request, f"/tasks/{task['id']}")})
+            answer.append(
+                {
+                    "id": task["id"],
+                    "updated_at": task["updated_at"],
+                    "_links": self._href(request, f"/tasks/{task['id']}"),
+                }
+            )
         return _hal({"_links": self._href(request, "/tasks"), "_embedded": {"tasks": answer}})
 
     async def _update_task(self, request: Request, id: str) -> Response:
@@ -1288,8 +1640,13 @@ class AmoCrmEmulator:
         if errors:
             raise _Invalid([{"request_id": "0", "errors": errors}])
         self._apply_task(task, item)
-        return _hal({"id": task["id"], "updated_at": task["updated_at"],
-                     "_links": self._href(request, f"/tasks/{task['id']}")})
+        return _hal(
+            {
+                "id": task["id"],
+                "updated_at": task["updated_at"],
+                "_links": self._href(request, f"/tasks/{task['id']}"),
+            }
+        )
 
 
 def _check_note(item: Any) -> list[dict[str, str]]:
@@ -1310,20 +1667,30 @@ def _check_note(item: Any) -> list[dict[str, str]]:
     return errors
 
 
-def _check_field_value(definition: dict[str, Any], value: Any, where: str
-                       ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def _check_field_value(
+    definition: dict[str, Any], value: Any, where: str
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Validate one written value of a custom field and return it in the read shape."""
     if not isinstance(value, dict):
         return [_error(WRONG_TYPE, where, "object")], {}
-    errors = [_error(NOT_EXPECTED, f"{where}.{key}") for key in value
-              if key not in ("value", "enum_id", "enum_code")]
+    errors = [
+        _error(NOT_EXPECTED, f"{where}.{key}")
+        for key in value
+        if key not in ("value", "enum_id", "enum_code")
+    ]
     enums = definition["enums"] or []
     if not enums:
         # A field without choices has no enum to name: sending one back is refused.
-        errors += [_error(NOT_EXPECTED, f"{where}.{key}") for key in ("enum_id", "enum_code")
-                   if key in value]
-        if not isinstance(value.get("value"), (str, int, float, bool)) \
-                or isinstance(value.get("value"), str) and not value["value"].strip():
+        errors += [
+            _error(NOT_EXPECTED, f"{where}.{key}")
+            for key in ("enum_id", "enum_code")
+            if key in value
+        ]
+        if (
+            not isinstance(value.get("value"), (str, int, float, bool))
+            or isinstance(value.get("value"), str)
+            and not value["value"].strip()
+        ):
             errors.append(_error(NOT_BLANK, f"{where}.value"))
         return errors, {"value": value.get("value")}
 
@@ -1356,8 +1723,9 @@ def _check_field_value(definition: dict[str, Any], value: Any, where: str
     return errors, {"value": choice["value"], "enum_id": choice["id"], "enum_code": None}
 
 
-def _merge_fields(current: list[dict[str, Any]] | None,
-                  changes: list[tuple[dict[str, Any], Any]]) -> list[dict[str, Any]] | None:
+def _merge_fields(
+    current: list[dict[str, Any]] | None, changes: list[tuple[dict[str, Any], Any]]
+) -> list[dict[str, Any]] | None:
     """A written field replaces all of that field's values; null or [] clears it."""
     merged = list(current or [])
     for definition, values in changes:
@@ -1382,8 +1750,11 @@ def _in_range(value: Any, bounds: Any) -> bool:
 
 
 def _searchable_texts(record: dict[str, Any]) -> list[str]:
-    texts = [record[key] for key in ("name", "first_name", "last_name")
-             if isinstance(record.get(key), str) and record[key]]
+    texts = [
+        record[key]
+        for key in ("name", "first_name", "last_name")
+        if isinstance(record.get(key), str) and record[key]
+    ]
     for field in record.get("custom_fields_values") or []:
         for value in field.get("values") or []:
             if value.get("value") is not None:
@@ -1405,7 +1776,10 @@ def _ordered(records: list[dict[str, Any]], order: Any) -> list[dict[str, Any]]:
         for key in ("created_at", "updated_at", "id", "complete_till"):
             direction = order.get(key)
             if isinstance(direction, str) and direction.lower() in ("asc", "desc"):
-                return sorted(records, key=lambda record: (record.get(key) or 0, record["id"]),
-                              reverse=direction.lower() == "desc")
+                return sorted(
+                    records,
+                    key=lambda record: (record.get(key) or 0, record["id"]),
+                    reverse=direction.lower() == "desc",
+                )
     # Emulator's choice: without order[...] lists come by id ascending.
     return sorted(records, key=lambda record: record["id"])

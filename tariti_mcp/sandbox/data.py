@@ -87,37 +87,131 @@ class SandboxData:
 
 # Surnames as (male, female); the ones ending in -ко and -ук do not change with gender.
 SURNAMES = (
-    ("Иванов", "Иванова"), ("Смирнов", "Смирнова"), ("Кузнецов", "Кузнецова"),
-    ("Попов", "Попова"), ("Васильев", "Васильева"), ("Петров", "Петрова"),
-    ("Соколов", "Соколова"), ("Михайлов", "Михайлова"), ("Новиков", "Новикова"),
-    ("Фёдоров", "Фёдорова"), ("Морозов", "Морозова"), ("Волков", "Волкова"),
-    ("Алексеев", "Алексеева"), ("Лебедев", "Лебедева"), ("Семёнов", "Семёнова"),
-    ("Егоров", "Егорова"), ("Павлов", "Павлова"), ("Козлов", "Козлова"),
-    ("Степанов", "Степанова"), ("Николаев", "Николаева"), ("Орлов", "Орлова"),
-    ("Андреев", "Андреева"), ("Макаров", "Макарова"), ("Никитин", "Никитина"),
-    ("Захаров", "Захарова"), ("Зайцев", "Зайцева"), ("Соловьёв", "Соловьёва"),
-    ("Борисов", "Борисова"), ("Яковлев", "Яковлева"), ("Григорьев", "Григорьева"),
-    ("Романов", "Романова"), ("Воробьёв", "Воробьёва"), ("Королёв", "Королёва"),
-    ("Гусев", "Гусева"), ("Киселёв", "Киселёва"), ("Белов", "Белова"),
-    ("Вишневский", "Вишневская"), ("Покровский", "Покровская"), ("Толстой", "Толстая"),
-    ("Шевченко", "Шевченко"), ("Ковальчук", "Ковальчук"), ("Бондаренко", "Бондаренко"),
+    ("Иванов", "Иванова"),
+    ("Смирнов", "Смирнова"),
+    ("Кузнецов", "Кузнецова"),
+    ("Попов", "Попова"),
+    ("Васильев", "Васильева"),
+    ("Петров", "Петрова"),
+    ("Соколов", "Соколова"),
+    ("Михайлов", "Михайлова"),
+    ("Новиков", "Новикова"),
+    ("Фёдоров", "Фёдорова"),
+    ("Морозов", "Морозова"),
+    ("Волков", "Волкова"),
+    ("Алексеев", "Алексеева"),
+    ("Лебедев", "Лебедева"),
+    ("Семёнов", "Семёнова"),
+    ("Егоров", "Егорова"),
+    ("Павлов", "Павлова"),
+    ("Козлов", "Козлова"),
+    ("Степанов", "Степанова"),
+    ("Николаев", "Николаева"),
+    ("Орлов", "Орлова"),
+    ("Андреев", "Андреева"),
+    ("Макаров", "Макарова"),
+    ("Никитин", "Никитина"),
+    ("Захаров", "Захарова"),
+    ("Зайцев", "Зайцева"),
+    ("Соловьёв", "Соловьёва"),
+    ("Борисов", "Борисова"),
+    ("Яковлев", "Яковлева"),
+    ("Григорьев", "Григорьева"),
+    ("Романов", "Романова"),
+    ("Воробьёв", "Воробьёва"),
+    ("Королёв", "Королёва"),
+    ("Гусев", "Гусева"),
+    ("Киселёв", "Киселёва"),
+    ("Белов", "Белова"),
+    ("Вишневский", "Вишневская"),
+    ("Покровский", "Покровская"),
+    ("Толстой", "Толстая"),
+    ("Шевченко", "Шевченко"),
+    ("Ковальчук", "Ковальчук"),
+    ("Бондаренко", "Бондаренко"),
 )
 MALE_NAMES = (
-    "Александр", "Дмитрий", "Максим", "Сергей", "Андрей", "Алексей", "Артём", "Илья",
-    "Кирилл", "Михаил", "Никита", "Роман", "Егор", "Иван", "Павел", "Владимир",
-    "Николай", "Олег", "Евгений", "Константин", "Виктор", "Денис", "Георгий", "Тимур",
+    "Александр",
+    "Дмитрий",
+    "Максим",
+    "Сергей",
+    "Андрей",
+    "Алексей",
+    "Артём",
+    "Илья",
+    "Кирилл",
+    "Михаил",
+    "Никита",
+    "Роман",
+    "Егор",
+    "Иван",
+    "Павел",
+    "Владимир",
+    "Николай",
+    "Олег",
+    "Евгений",
+    "Константин",
+    "Виктор",
+    "Денис",
+    "Георгий",
+    "Тимур",
 )
 FEMALE_NAMES = (
-    "Анна", "Мария", "Елена", "Ольга", "Наталья", "Екатерина", "Татьяна", "Ирина",
-    "Светлана", "Юлия", "Анастасия", "Дарья", "Ксения", "Марина", "Виктория", "Полина",
-    "Алина", "Вероника", "Людмила", "Надежда",
+    "Анна",
+    "Мария",
+    "Елена",
+    "Ольга",
+    "Наталья",
+    "Екатерина",
+    "Татьяна",
+    "Ирина",
+    "Светлана",
+    "Юлия",
+    "Анастасия",
+    "Дарья",
+    "Ксения",
+    "Марина",
+    "Виктория",
+    "Полина",
+    "Алина",
+    "Вероника",
+    "Людмила",
+    "Надежда",
 )
 # Latin spellings for e-mail local parts, keyed by the Cyrillic letter.
 TRANSLIT = {
-    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh",
-    "з": "z", "и": "i", "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o",
-    "п": "p", "р": "r", "с": "s", "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts",
-    "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "yu",
+    "а": "a",
+    "б": "b",
+    "в": "v",
+    "г": "g",
+    "д": "d",
+    "е": "e",
+    "ё": "e",
+    "ж": "zh",
+    "з": "z",
+    "и": "i",
+    "й": "y",
+    "к": "k",
+    "л": "l",
+    "м": "m",
+    "н": "n",
+    "о": "o",
+    "п": "p",
+    "р": "r",
+    "с": "s",
+    "т": "t",
+    "у": "u",
+    "ф": "f",
+    "х": "kh",
+    "ц": "ts",
+    "ч": "ch",
+    "ш": "sh",
+    "щ": "shch",
+    "ъ": "",
+    "ы": "y",
+    "ь": "",
+    "э": "e",
+    "ю": "yu",
     "я": "ya",
 }
 STAFF = (
@@ -134,30 +228,88 @@ GROUPS = (
     (1102, "Отдел сопровождения", "Повторные продажи и тендеры"),
 )
 COMPANY_ROOTS = (
-    "Вектор", "Альянс", "СтройИнвест", "ТехноПром", "Северная звезда", "Меридиан", "Гранит",
-    "Спектр", "Прогресс", "Эталон", "Оптима", "Горизонт", "Ресурс", "Импульс", "Атлант",
-    "Вертикаль", "Магистраль", "Профиль", "Волга", "Урал", "Балтика", "Кристалл", "Полюс",
-    "Аврора", "Сфера", "Континент", "Зенит", "Агрокомплекс", "Медтехника", "Энергосбыт",
+    "Вектор",
+    "Альянс",
+    "СтройИнвест",
+    "ТехноПром",
+    "Северная звезда",
+    "Меридиан",
+    "Гранит",
+    "Спектр",
+    "Прогресс",
+    "Эталон",
+    "Оптима",
+    "Горизонт",
+    "Ресурс",
+    "Импульс",
+    "Атлант",
+    "Вертикаль",
+    "Магистраль",
+    "Профиль",
+    "Волга",
+    "Урал",
+    "Балтика",
+    "Кристалл",
+    "Полюс",
+    "Аврора",
+    "Сфера",
+    "Континент",
+    "Зенит",
+    "Агрокомплекс",
+    "Медтехника",
+    "Энергосбыт",
 )
 COMPANY_SUFFIXES = ("", " Групп", " Трейд", "-М", " Логистик", " Сервис")
 COMPANY_FORMS = ("ООО", "ООО", "ООО", "АО", "ПАО")
-STREETS = ("Тверская", "Профсоюзная", "Ленинградский пр-т", "Новослободская", "Большая Ордынка",
-           "Варшавское ш.", "Садовая-Кудринская", "Бауманская", "Мясницкая", "Шаболовка")
+STREETS = (
+    "Тверская",
+    "Профсоюзная",
+    "Ленинградский пр-т",
+    "Новослободская",
+    "Большая Ордынка",
+    "Варшавское ш.",
+    "Садовая-Кудринская",
+    "Бауманская",
+    "Мясницкая",
+    "Шаболовка",
+)
 PRODUCTS = (
-    "Поставка оборудования", "Монтаж вентиляции", "Годовое обслуживание", "Лицензии 1С",
-    "Аренда спецтехники", "Разработка сайта", "Пробная партия", "Расширение договора",
-    "Комплексное оснащение офиса", "Пусконаладка", "Обучение персонала", "Поставка расходников",
+    "Поставка оборудования",
+    "Монтаж вентиляции",
+    "Годовое обслуживание",
+    "Лицензии 1С",
+    "Аренда спецтехники",
+    "Разработка сайта",
+    "Пробная партия",
+    "Расширение договора",
+    "Комплексное оснащение офиса",
+    "Пусконаладка",
+    "Обучение персонала",
+    "Поставка расходников",
 )
 PIPELINES = (
     # (name, is_main, working statuses)
-    ("Основная воронка", True, (
-        "Первичный контакт", "Переговоры", "Принимают решение", "Согласование договора",
-        "Ожидание оплаты",
-    )),
-    ("Повторные продажи", False, ("Связаться", "Предложение отправлено", "Счёт выставлен",
-                                  "Ожидание оплаты")),
-    ("Тендеры", False, ("Изучение документации", "Заявка подана", "Рассмотрение заявки",
-                        "Подписание контракта")),
+    (
+        "Основная воронка",
+        True,
+        (
+            "Первичный контакт",
+            "Переговоры",
+            "Принимают решение",
+            "Согласование договора",
+            "Ожидание оплаты",
+        ),
+    ),
+    (
+        "Повторные продажи",
+        False,
+        ("Связаться", "Предложение отправлено", "Счёт выставлен", "Ожидание оплаты"),
+    ),
+    (
+        "Тендеры",
+        False,
+        ("Изучение документации", "Заявка подана", "Рассмотрение заявки", "Подписание контракта"),
+    ),
 )
 STATUS_COLORS = ("#99ccff", "#ffff99", "#ffcc66", "#ffcccc", "#deff81", "#87f2c0")
 SOURCE_CHOICES = ("Сайт", "Входящий звонок", "Рекомендация", "Выставка", "Холодный обзвон")
@@ -167,8 +319,14 @@ LEAD_TAGS = ("VIP", "Повторный", "Сайт", "Входящий звон
 CONTACT_TAGS = ("ЛПР", "Бухгалтерия", "Не звонить до 10", "Постоянный клиент")
 COMPANY_TAGS = ("Ключевой клиент", "Госсектор", "Дилер")
 POSITIONS = (
-    "Генеральный директор", "Коммерческий директор", "Менеджер по закупкам", "Главный инженер",
-    "Бухгалтер", "Офис-менеджер", "Руководитель отдела", "Специалист по тендерам",
+    "Генеральный директор",
+    "Коммерческий директор",
+    "Менеджер по закупкам",
+    "Главный инженер",
+    "Бухгалтер",
+    "Офис-менеджер",
+    "Руководитель отдела",
+    "Специалист по тендерам",
 )
 PLAIN_COMMENTS = (
     "Предпочитает связь в мессенджере",
@@ -185,25 +343,48 @@ NOTE_TEXTS = (
     "Ждём подписанный договор от юристов",
     "Уточнили объём поставки и сроки",
 )
-TASK_TEXTS = ("Перезвонить клиенту", "Отправить КП", "Уточнить статус оплаты",
-              "Подготовить договор", "Назначить встречу")
+TASK_TEXTS = (
+    "Перезвонить клиенту",
+    "Отправить КП",
+    "Уточнить статус оплаты",
+    "Подготовить договор",
+    "Назначить встречу",
+)
 SMS_TEMPLATES = (
-    (1, "Реквизиты", "Реквизиты для оплаты отправили на вашу почту. {company}",
-     "После выставления счёта"),
-    (2, "Напоминание о встрече", "Напоминаем о встрече {date} в {time}. {manager}",
-     "За день до встречи"),
-    (3, "Спасибо за звонок", "Спасибо за звонок! Ваш менеджер {manager}, телефон {phone}.",
-     "После первого разговора"),
+    (
+        1,
+        "Реквизиты",
+        "Реквизиты для оплаты отправили на вашу почту. {company}",
+        "После выставления счёта",
+    ),
+    (
+        2,
+        "Напоминание о встрече",
+        "Напоминаем о встрече {date} в {time}. {manager}",
+        "За день до встречи",
+    ),
+    (
+        3,
+        "Спасибо за звонок",
+        "Спасибо за звонок! Ваш менеджер {manager}, телефон {phone}.",
+        "После первого разговора",
+    ),
 )
 PHONE_ENUMS = ("WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER")
 EMAIL_ENUMS = ("WORK", "PRIV", "OTHER")
 # The ways people type the same Moscow mobile number into a CRM card.
-PHONE_STYLES = ("+7 ({c}) {a}-{b}-{d}", "8 {c} {a} {b} {d}", "7{c}{a}{b}{d}", "+7{c}{a}{b}{d}",
-                "8({c}){a}{b}{d}")
+PHONE_STYLES = (
+    "+7 ({c}) {a}-{b}-{d}",
+    "8 {c} {a} {b} {d}",
+    "7{c}{a}{b}{d}",
+    "+7{c}{a}{b}{d}",
+    "8({c}){a}{b}{d}",
+)
 
 
-def generate(seed: int = 1, calls: int = 3000, days: int = 60,
-             now: float | None = None) -> SandboxData:
+def generate(
+    seed: int = 1, calls: int = 3000, days: int = 60, now: float | None = None
+) -> SandboxData:
     """Build the sandbox data for `seed`; calls cover the `days` Moscow days ending today."""
     if now is None:
         now = time.time()
@@ -221,37 +402,72 @@ def generate(seed: int = 1, calls: int = 3000, days: int = 60,
     custom_fields = _custom_fields()
     tags = _tags()
     contacts = _contacts(crm_rng, custom_fields["contacts"], tags["contacts"], users, day_start)
-    companies = _companies(crm_rng, custom_fields["companies"], tags["companies"], users,
-                           contacts, day_start)
-    leads = _leads(crm_rng, custom_fields["leads"], tags["leads"], pipelines, users, contacts,
-                   companies, day_start)
+    companies = _companies(
+        crm_rng, custom_fields["companies"], tags["companies"], users, contacts, day_start
+    )
+    leads = _leads(
+        crm_rng,
+        custom_fields["leads"],
+        tags["leads"],
+        pipelines,
+        users,
+        contacts,
+        companies,
+        day_start,
+    )
     notes = _notes(crm_rng, leads, contacts, day_start)
     tasks = _tasks(crm_rng, leads, day_start)
 
     clients = _client_pool(call_rng, contacts, employees)
-    day_starts = [_moscow_midnight(today - dt.timedelta(days=back))
-                  for back in range(days - 1, -1, -1)]
+    day_starts = [
+        _moscow_midnight(today - dt.timedelta(days=back)) for back in range(days - 1, -1, -1)
+    ]
     call_log = _calls(call_rng, calls, employees, clients, day_starts + [day_end])
     call_log = [call for call in call_log if call.upload_time <= now]
 
     admin = next(employee for employee in employees if employee.role == "admin")
     account = {
-        "id": ACCOUNT_ID, "name": "Тарити (песочница)", "subdomain": "tariti-sandbox",
-        "created_at": day_start - 900 * 86400, "created_by": 0,
-        "updated_at": day_start - 30 * 86400, "updated_by": admin.amocrm_user_id,
-        "current_user_id": admin.amocrm_user_id, "country": "RU", "currency": "RUB",
-        "currency_symbol": "₽", "customers_mode": "disabled", "is_unsorted_on": True,
-        "mobile_feature_version": 0, "is_loss_reason_enabled": True,
-        "is_helpbot_enabled": False, "is_technical_account": False,
+        "id": ACCOUNT_ID,
+        "name": "Тарити (песочница)",
+        "subdomain": "tariti-sandbox",
+        "created_at": day_start - 900 * 86400,
+        "created_by": 0,
+        "updated_at": day_start - 30 * 86400,
+        "updated_by": admin.amocrm_user_id,
+        "current_user_id": admin.amocrm_user_id,
+        "country": "RU",
+        "currency": "RUB",
+        "currency_symbol": "₽",
+        "customers_mode": "disabled",
+        "is_unsorted_on": True,
+        "mobile_feature_version": 0,
+        "is_loss_reason_enabled": True,
+        "is_helpbot_enabled": False,
+        "is_technical_account": False,
         "contact_name_display_order": 1,
     }
     return SandboxData(
-        seed=seed, now=now, day_start=day_start, day_end=day_end, days=days, account=account,
-        users=users, pipelines=pipelines, custom_fields=custom_fields, tags=tags,
-        contacts=contacts, companies=companies, leads=leads, notes=notes, tasks=tasks,
-        employees=employees, groups=groups,
-        sms_templates=[{"id": tid, "name": name, "text": text, "description": about}
-                       for tid, name, text, about in SMS_TEMPLATES],
+        seed=seed,
+        now=now,
+        day_start=day_start,
+        day_end=day_end,
+        days=days,
+        account=account,
+        users=users,
+        pipelines=pipelines,
+        custom_fields=custom_fields,
+        tags=tags,
+        contacts=contacts,
+        companies=companies,
+        leads=leads,
+        notes=notes,
+        tasks=tasks,
+        employees=employees,
+        groups=groups,
+        sms_templates=[
+            {"id": tid, "name": name, "text": text, "description": about}
+            for tid, name, text, about in SMS_TEMPLATES
+        ],
         calls=call_log,
     )
 
@@ -280,32 +496,62 @@ def _staff(day_start: int) -> tuple[list[Employee], list[dict[str, Any]]]:
         amocrm_id = 6100001 + index
         email = f"{_latin(first)[0]}.{_latin(last)}@{STAFF_DOMAIN}"
         group_id, group_name, _ = GROUPS[group_index]
-        employees.append(Employee(
-            id=57301 + index * 7, display_name=f"{first} {last}", email=email,
-            group_id=group_id, group_name=group_name, role=role,
-            src_number=f"+7926500{index + 1:02d}{(index * 37) % 100:02d}",
-            # Emulator's choice: src_id is a numeric device id and every phone has one SIM slot.
-            src_id=880101 + index, src_slot=0, amocrm_user_id=amocrm_id,
-        ))
+        employees.append(
+            Employee(
+                id=57301 + index * 7,
+                display_name=f"{first} {last}",
+                email=email,
+                group_id=group_id,
+                group_name=group_name,
+                role=role,
+                src_number=f"+7926500{index + 1:02d}{(index * 37) % 100:02d}",
+                # Emulator's choice: src_id is a numeric device id and every phone has one SIM slot.
+                src_id=880101 + index,
+                src_slot=0,
+                amocrm_user_id=amocrm_id,
+            )
+        )
         is_admin = role == "admin"
         rights_level = "A" if is_admin else "M"
-        users.append({
-            "id": amocrm_id, "name": f"{first} {last}", "email": email, "lang": "ru",
-            "rights": {
-                "leads": {"view": rights_level, "edit": rights_level, "add": "A",
-                          "delete": "A" if is_admin else "D", "export": "A" if is_admin else "D"},
-                "contacts": {"view": "A", "edit": "A", "add": "A",
-                             "delete": "A" if is_admin else "D",
-                             "export": "A" if is_admin else "D"},
-                "companies": {"view": "A", "edit": "A", "add": "A",
-                              "delete": "A" if is_admin else "D",
-                              "export": "A" if is_admin else "D"},
-                "tasks": {"edit": "A", "delete": "A" if is_admin else "D"},
-                "mail_access": True, "catalog_access": is_admin, "is_admin": is_admin,
-                "is_free": False, "is_active": True, "group_id": 0 if is_admin else group_id,
-                "role_id": None,
-            },
-        })
+        users.append(
+            {
+                "id": amocrm_id,
+                "name": f"{first} {last}",
+                "email": email,
+                "lang": "ru",
+                "rights": {
+                    "leads": {
+                        "view": rights_level,
+                        "edit": rights_level,
+                        "add": "A",
+                        "delete": "A" if is_admin else "D",
+                        "export": "A" if is_admin else "D",
+                    },
+                    "contacts": {
+                        "view": "A",
+                        "edit": "A",
+                        "add": "A",
+                        "delete": "A" if is_admin else "D",
+                        "export": "A" if is_admin else "D",
+                    },
+                    "companies": {
+                        "view": "A",
+                        "edit": "A",
+                        "add": "A",
+                        "delete": "A" if is_admin else "D",
+                        "export": "A" if is_admin else "D",
+                    },
+                    "tasks": {"edit": "A", "delete": "A" if is_admin else "D"},
+                    "mail_access": True,
+                    "catalog_access": is_admin,
+                    "is_admin": is_admin,
+                    "is_free": False,
+                    "is_active": True,
+                    "group_id": 0 if is_admin else group_id,
+                    "role_id": None,
+                },
+            }
+        )
     return employees, users
 
 
@@ -318,47 +564,90 @@ def _pipelines(day_start: int) -> list[dict[str, Any]]:
         status_id += 1
         for position, status_name in enumerate(working):
             color = STATUS_COLORS[position % len(STATUS_COLORS)]
-            statuses.append(_status(status_id, status_name, 20 + position * 10, pipeline_id,
-                                    color, 0, True))
+            statuses.append(
+                _status(status_id, status_name, 20 + position * 10, pipeline_id, color, 0, True)
+            )
             status_id += 1
-        statuses.append(_status(WON_STATUS_ID, "Успешно реализовано", 10000, pipeline_id,
-                                "#CCFF66", 0, False))
-        statuses.append(_status(LOST_STATUS_ID, "Закрыто и не реализовано", 11000, pipeline_id,
-                                "#D5D8DB", 0, False))
-        pipelines.append({
-            "id": pipeline_id, "name": name, "sort": (index + 1) * 100, "is_main": is_main,
-            "is_unsorted_on": True, "is_archive": False, "account_id": ACCOUNT_ID,
-            "_embedded": {"statuses": statuses},
-        })
+        statuses.append(
+            _status(WON_STATUS_ID, "Успешно реализовано", 10000, pipeline_id, "#CCFF66", 0, False)
+        )
+        statuses.append(
+            _status(
+                LOST_STATUS_ID, "Закрыто и не реализовано", 11000, pipeline_id, "#D5D8DB", 0, False
+            )
+        )
+        pipelines.append(
+            {
+                "id": pipeline_id,
+                "name": name,
+                "sort": (index + 1) * 100,
+                "is_main": is_main,
+                "is_unsorted_on": True,
+                "is_archive": False,
+                "account_id": ACCOUNT_ID,
+                "_embedded": {"statuses": statuses},
+            }
+        )
     return pipelines
 
 
-def _status(status_id: int, name: str, sort: int, pipeline_id: int, color: str, kind: int,
-            editable: bool) -> dict[str, Any]:
-    return {"id": status_id, "name": name, "sort": sort, "is_editable": editable,
-            "pipeline_id": pipeline_id, "color": color, "type": kind, "account_id": ACCOUNT_ID}
+def _status(
+    status_id: int, name: str, sort: int, pipeline_id: int, color: str, kind: int, editable: bool
+) -> dict[str, Any]:
+    return {
+        "id": status_id,
+        "name": name,
+        "sort": sort,
+        "is_editable": editable,
+        "pipeline_id": pipeline_id,
+        "color": color,
+        "type": kind,
+        "account_id": ACCOUNT_ID,
+    }
 
 
 def _custom_fields() -> dict[str, list[dict[str, Any]]]:
     # A definition names its code `code`; values on entities name it `field_code`.
     enum_ids = iter(range(812001, 813000))
 
-    def define(field_id: int, entity_type: str, name: str, kind: str, code: str | None,
-               sort: int, enums: tuple[str, ...] = ()) -> dict[str, Any]:
+    def define(
+        field_id: int,
+        entity_type: str,
+        name: str,
+        kind: str,
+        code: str | None,
+        sort: int,
+        enums: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
         return {
-            "id": field_id, "name": name, "type": kind, "code": code, "sort": sort,
-            "is_api_only": False, "is_predefined": code in ("PHONE", "EMAIL", "POSITION"),
-            "is_deletable": code not in ("PHONE", "EMAIL", "POSITION"), "is_visible": True,
-            "is_required": False, "remind": None, "settings": None, "group_id": None,
-            "required_statuses": [], "entity_type": entity_type, "account_id": ACCOUNT_ID,
-            "enums": [{"id": next(enum_ids), "value": value, "sort": (position + 1) * 2}
-                      for position, value in enumerate(enums)] or None,
+            "id": field_id,
+            "name": name,
+            "type": kind,
+            "code": code,
+            "sort": sort,
+            "is_api_only": False,
+            "is_predefined": code in ("PHONE", "EMAIL", "POSITION"),
+            "is_deletable": code not in ("PHONE", "EMAIL", "POSITION"),
+            "is_visible": True,
+            "is_required": False,
+            "remind": None,
+            "settings": None,
+            "group_id": None,
+            "required_statuses": [],
+            "entity_type": entity_type,
+            "account_id": ACCOUNT_ID,
+            "enums": [
+                {"id": next(enum_ids), "value": value, "sort": (position + 1) * 2}
+                for position, value in enumerate(enums)
+            ]
+            or None,
         }
 
     leads = [
         define(243001 + index * 2, "leads", code.lower(), "tracking_data", code, 500 + index)
-        for index, code in enumerate(("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT",
-                                      "UTM_TERM"))
+        for index, code in enumerate(
+            ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")
+        )
     ]
     leads.append(define(243021, "leads", "Источник", "select", None, 510, SOURCE_CHOICES))
     contacts = [
@@ -378,17 +667,27 @@ def _custom_fields() -> dict[str, list[dict[str, Any]]]:
 
 def _tags() -> dict[str, list[dict[str, Any]]]:
     def listing(first_id: int, names: tuple[str, ...]) -> list[dict[str, Any]]:
-        return [{"id": first_id + index, "name": name, "color": None}
-                for index, name in enumerate(names)]
+        return [
+            {"id": first_id + index, "name": name, "color": None}
+            for index, name in enumerate(names)
+        ]
 
-    return {"leads": listing(70001, LEAD_TAGS), "contacts": listing(80001, CONTACT_TAGS),
-            "companies": listing(90001, COMPANY_TAGS)}
+    return {
+        "leads": listing(70001, LEAD_TAGS),
+        "contacts": listing(80001, CONTACT_TAGS),
+        "companies": listing(90001, COMPANY_TAGS),
+    }
 
 
 def field_value(definition: dict[str, Any], values: list[dict[str, Any]]) -> dict[str, Any]:
     """A custom field value in amoCRM's read shape."""
-    return {"field_id": definition["id"], "field_name": definition["name"],
-            "field_code": definition["code"], "field_type": definition["type"], "values": values}
+    return {
+        "field_id": definition["id"],
+        "field_name": definition["name"],
+        "field_code": definition["code"],
+        "field_type": definition["type"],
+        "values": values,
+    }
 
 
 def enum_value(definition: dict[str, Any], value: str, enum: str) -> dict[str, Any]:
@@ -401,11 +700,13 @@ def enum_value(definition: dict[str, Any], value: str, enum: str) -> dict[str, A
     raise KeyError(enum)
 
 
-def _by_code(definitions: list[dict[str, Any]], code: str | None,
-             name: str | None = None) -> dict[str, Any]:
+def _by_code(
+    definitions: list[dict[str, Any]], code: str | None, name: str | None = None
+) -> dict[str, Any]:
     for definition in definitions:
         if (code is not None and definition["code"] == code) or (
-                name is not None and definition["name"] == name):
+            name is not None and definition["name"] == name
+        ):
             return definition
     raise KeyError(code or name)
 
@@ -428,9 +729,13 @@ def _responsible(rng: random.Random, users: list[dict[str, Any]]) -> int:
     return users[0]["id"] if rng.random() < 0.08 else rng.choice(users[1:])["id"]
 
 
-def _contacts(rng: random.Random, definitions: list[dict[str, Any]],
-              tags: list[dict[str, Any]], users: list[dict[str, Any]],
-              day_start: int) -> list[dict[str, Any]]:
+def _contacts(
+    rng: random.Random,
+    definitions: list[dict[str, Any]],
+    tags: list[dict[str, Any]],
+    users: list[dict[str, Any]],
+    day_start: int,
+) -> list[dict[str, Any]]:
     phone_field = _by_code(definitions, "PHONE")
     email_field = _by_code(definitions, "EMAIL")
     position_field = _by_code(definitions, "POSITION")
@@ -452,46 +757,76 @@ def _contacts(rng: random.Random, definitions: list[dict[str, Any]],
         numbers = [new_number() for _ in range(2 if rng.random() < 0.2 else 1)]
         phones_of.append(numbers)
         phone_values = [
-            enum_value(phone_field, format_phone(number, rng.randrange(len(PHONE_STYLES))),
-                       "WORK" if position == 0 and rng.random() < 0.4 else "MOB")
+            enum_value(
+                phone_field,
+                format_phone(number, rng.randrange(len(PHONE_STYLES))),
+                "WORK" if position == 0 and rng.random() < 0.4 else "MOB",
+            )
             for position, number in enumerate(numbers)
         ]
         values = [field_value(phone_field, phone_values)]
         if rng.random() < 0.6:
             domain = rng.choice(("mail.example.com", "corp.example.net", "example.org"))
             address = f"{_latin(first)}.{_latin(last)}{rng.randrange(1, 99)}@{domain}"
-            values.append(field_value(email_field, [enum_value(
-                email_field, address, "WORK" if domain.startswith("corp") else "PRIV")]))
+            values.append(
+                field_value(
+                    email_field,
+                    [
+                        enum_value(
+                            email_field, address, "WORK" if domain.startswith("corp") else "PRIV"
+                        )
+                    ],
+                )
+            )
         if rng.random() < 0.5:
             values.append(field_value(position_field, [{"value": rng.choice(POSITIONS)}]))
         if rng.random() < 0.2:
             values.append(field_value(comment_field, [{"value": rng.choice(PLAIN_COMMENTS)}]))
         contact_tags = [dict(tag) for tag in rng.sample(tags, 1)] if rng.random() < 0.15 else []
-        contacts.append({
-            "id": 21500001 + index * 3 + rng.randrange(3), "name": f"{first} {last}",
-            "first_name": first, "last_name": last,
-            "responsible_user_id": _responsible(rng, users), "group_id": 0,
-            "created_by": 0, "updated_by": 0, "created_at": created_at, "updated_at": updated_at,
-            "closest_task_at": None, "is_deleted": False, "is_unsorted": False,
-            "custom_fields_values": values, "account_id": ACCOUNT_ID,
-            "_embedded": {"tags": contact_tags, "companies": [], "leads": []},
-        })
+        contacts.append(
+            {
+                "id": 21500001 + index * 3 + rng.randrange(3),
+                "name": f"{first} {last}",
+                "first_name": first,
+                "last_name": last,
+                "responsible_user_id": _responsible(rng, users),
+                "group_id": 0,
+                "created_by": 0,
+                "updated_by": 0,
+                "created_at": created_at,
+                "updated_at": updated_at,
+                "closest_task_at": None,
+                "is_deleted": False,
+                "is_unsorted": False,
+                "custom_fields_values": values,
+                "account_id": ACCOUNT_ID,
+                "_embedded": {"tags": contact_tags, "companies": [], "leads": []},
+            }
+        )
 
     # A handful of comments quote another client's number: a digit search hits them too.
     referrers = rng.sample(range(len(contacts)), 6)
     for referrer in referrers:
         other = rng.choice([index for index in range(len(contacts)) if index != referrer])
         text = f"Рекомендовал клиент с номером {phones_of[other][0]}, сослаться на него"
-        values = [value for value in contacts[referrer]["custom_fields_values"]
-                  if value["field_id"] != comment_field["id"]]
+        values = [
+            value
+            for value in contacts[referrer]["custom_fields_values"]
+            if value["field_id"] != comment_field["id"]
+        ]
         values.append(field_value(comment_field, [{"value": text}]))
         contacts[referrer]["custom_fields_values"] = values
     return contacts
 
 
-def _companies(rng: random.Random, definitions: list[dict[str, Any]],
-               tags: list[dict[str, Any]], users: list[dict[str, Any]],
-               contacts: list[dict[str, Any]], day_start: int) -> list[dict[str, Any]]:
+def _companies(
+    rng: random.Random,
+    definitions: list[dict[str, Any]],
+    tags: list[dict[str, Any]],
+    users: list[dict[str, Any]],
+    contacts: list[dict[str, Any]],
+    day_start: int,
+) -> list[dict[str, Any]]:
     phone_field = _by_code(definitions, "PHONE")
     web_field = _by_code(definitions, "WEB")
     address_field = _by_code(definitions, "ADDRESS")
@@ -503,38 +838,60 @@ def _companies(rng: random.Random, definitions: list[dict[str, Any]],
         form = rng.choice(COMPANY_FORMS)
         created_at, updated_at = _entity_times(rng, day_start)
         office = f"495{rng.randrange(10**7):07d}"
-        values = [field_value(phone_field, [enum_value(phone_field, format_phone(office, 0),
-                                                       "WORK")])]
+        values = [
+            field_value(phone_field, [enum_value(phone_field, format_phone(office, 0), "WORK")])
+        ]
         if rng.random() < 0.7:
             slug = _latin(root.split()[0].strip("-"))
             values.append(field_value(web_field, [{"value": f"https://{slug}.example.ru"}]))
         if rng.random() < 0.5:
-            values.append(field_value(address_field, [{
-                "value": f"г. Москва, {rng.choice(STREETS)}, д. {rng.randrange(1, 120)}"}]))
+            values.append(
+                field_value(
+                    address_field,
+                    [{"value": f"г. Москва, {rng.choice(STREETS)}, д. {rng.randrange(1, 120)}"}],
+                )
+            )
         company_id = 23100001 + index * 2
         company = {
-            "id": company_id, "name": f"{form} «{root}»",
-            "responsible_user_id": _responsible(rng, users), "group_id": 0, "created_by": 0,
-            "updated_by": 0, "created_at": created_at, "updated_at": updated_at,
-            "closest_task_at": None, "is_deleted": False, "custom_fields_values": values,
+            "id": company_id,
+            "name": f"{form} «{root}»",
+            "responsible_user_id": _responsible(rng, users),
+            "group_id": 0,
+            "created_by": 0,
+            "updated_by": 0,
+            "created_at": created_at,
+            "updated_at": updated_at,
+            "closest_task_at": None,
+            "is_deleted": False,
+            "custom_fields_values": values,
             "account_id": ACCOUNT_ID,
-            "_embedded": {"tags": [dict(tag) for tag in rng.sample(tags, 1)]
-                          if rng.random() < 0.2 else [], "contacts": [], "leads": []},
+            "_embedded": {
+                "tags": [dict(tag) for tag in rng.sample(tags, 1)] if rng.random() < 0.2 else [],
+                "contacts": [],
+                "leads": [],
+            },
         }
-        for member in members[index * 3:index * 3 + 3]:
+        for member in members[index * 3 : index * 3 + 3]:
             contacts[member]["_embedded"]["companies"] = [{"id": company_id}]
             company["_embedded"]["contacts"].append({"id": contacts[member]["id"]})
         companies.append(company)
     return companies
 
 
-def _leads(rng: random.Random, definitions: list[dict[str, Any]], tags: list[dict[str, Any]],
-           pipelines: list[dict[str, Any]], users: list[dict[str, Any]],
-           contacts: list[dict[str, Any]], companies: list[dict[str, Any]],
-           day_start: int) -> list[dict[str, Any]]:
-    utm_fields = {code: _by_code(definitions, code)
-                  for code in ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT",
-                               "UTM_TERM")}
+def _leads(
+    rng: random.Random,
+    definitions: list[dict[str, Any]],
+    tags: list[dict[str, Any]],
+    pipelines: list[dict[str, Any]],
+    users: list[dict[str, Any]],
+    contacts: list[dict[str, Any]],
+    companies: list[dict[str, Any]],
+    day_start: int,
+) -> list[dict[str, Any]]:
+    utm_fields = {
+        code: _by_code(definitions, code)
+        for code in ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")
+    }
     source_field = _by_code(definitions, None, "Источник")
     company_by_id = {company["id"]: company for company in companies}
     contact_by_id = {contact["id"]: contact for contact in contacts}
@@ -569,12 +926,16 @@ def _leads(rng: random.Random, definitions: list[dict[str, Any]], tags: list[dic
         values = []
         if rng.random() < 0.5:
             source = rng.choice(UTM_SOURCES)
-            utm = {"UTM_SOURCE": source, "UTM_MEDIUM": rng.choice(UTM_MEDIUMS),
-                   "UTM_CAMPAIGN": f"{source}_{rng.choice(('spring', 'brand', 'retarget'))}"}
+            utm = {
+                "UTM_SOURCE": source,
+                "UTM_MEDIUM": rng.choice(UTM_MEDIUMS),
+                "UTM_CAMPAIGN": f"{source}_{rng.choice(('spring', 'brand', 'retarget'))}",
+            }
             if rng.random() < 0.3:
                 utm["UTM_TERM"] = rng.choice(("купить оборудование", "монтаж", "цена"))
-            values = [field_value(utm_fields[code], [{"value": text}])
-                      for code, text in utm.items()]
+            values = [
+                field_value(utm_fields[code], [{"value": text}]) for code, text in utm.items()
+            ]
         if rng.random() < 0.7:
             choice = rng.choice(SOURCE_CHOICES)
             values.append(field_value(source_field, [enum_value(source_field, choice, choice)]))
@@ -589,37 +950,61 @@ def _leads(rng: random.Random, definitions: list[dict[str, Any]], tags: list[dic
             contact_by_id[linked["id"]]["_embedded"]["leads"].append({"id": lead_id})
         if company is not None:
             company["_embedded"]["leads"].append({"id": lead_id})
-        leads.append({
-            "id": lead_id, "name": f"{rng.choice(PRODUCTS)} — {customer}",
-            "price": rng.randrange(15, 2500) * 1000 + rng.choice((0, 0, 500)),
-            "responsible_user_id": _responsible(rng, users), "group_id": 0,
-            "status_id": status["id"], "pipeline_id": pipeline["id"], "loss_reason_id": None,
-            "created_by": 0, "updated_by": 0, "created_at": created_at,
-            "updated_at": updated_at, "closed_at": closed_at, "closest_task_at": None,
-            "is_deleted": False, "custom_fields_values": values or None, "score": None,
-            "account_id": ACCOUNT_ID, "labor_cost": None,
-            "_embedded": {"tags": lead_tags,
-                          "companies": [{"id": company["id"]}] if company else [],
-                          "contacts": lead_contacts},
-        })
+        leads.append(
+            {
+                "id": lead_id,
+                "name": f"{rng.choice(PRODUCTS)} — {customer}",
+                "price": rng.randrange(15, 2500) * 1000 + rng.choice((0, 0, 500)),
+                "responsible_user_id": _responsible(rng, users),
+                "group_id": 0,
+                "status_id": status["id"],
+                "pipeline_id": pipeline["id"],
+                "loss_reason_id": None,
+                "created_by": 0,
+                "updated_by": 0,
+                "created_at": created_at,
+                "updated_at": updated_at,
+                "closed_at": closed_at,
+                "closest_task_at": None,
+                "is_deleted": False,
+                "custom_fields_values": values or None,
+                "score": None,
+                "account_id": ACCOUNT_ID,
+                "labor_cost": None,
+                "_embedded": {
+                    "tags": lead_tags,
+                    "companies": [{"id": company["id"]}] if company else [],
+                    "contacts": lead_contacts,
+                },
+            }
+        )
     return leads
 
 
-def _notes(rng: random.Random, leads: list[dict[str, Any]], contacts: list[dict[str, Any]],
-           day_start: int) -> list[dict[str, Any]]:
+def _notes(
+    rng: random.Random, leads: list[dict[str, Any]], contacts: list[dict[str, Any]], day_start: int
+) -> list[dict[str, Any]]:
     notes = []
     note_id = 95000001
     for entity_type, records in (("leads", leads), ("contacts", contacts)):
         for record in rng.sample(records, 80):
             created_at = record["created_at"] + rng.randrange(0, day_start - record["created_at"])
-            notes.append({
-                "id": note_id, "entity_id": record["id"], "entity_type": entity_type,
-                "created_by": record["responsible_user_id"],
-                "updated_by": record["responsible_user_id"], "created_at": created_at,
-                "updated_at": created_at, "responsible_user_id": record["responsible_user_id"],
-                "group_id": 0, "note_type": "common",
-                "params": {"text": rng.choice(NOTE_TEXTS)}, "account_id": ACCOUNT_ID,
-            })
+            notes.append(
+                {
+                    "id": note_id,
+                    "entity_id": record["id"],
+                    "entity_type": entity_type,
+                    "created_by": record["responsible_user_id"],
+                    "updated_by": record["responsible_user_id"],
+                    "created_at": created_at,
+                    "updated_at": created_at,
+                    "responsible_user_id": record["responsible_user_id"],
+                    "group_id": 0,
+                    "note_type": "common",
+                    "params": {"text": rng.choice(NOTE_TEXTS)},
+                    "account_id": ACCOUNT_ID,
+                }
+            )
             note_id += rng.randrange(1, 5)
     return notes
 
@@ -630,15 +1015,26 @@ def _tasks(rng: random.Random, leads: list[dict[str, Any]], day_start: int) -> l
     for index, lead in enumerate(rng.sample(open_leads, min(60, len(open_leads)))):
         complete_till = day_start + rng.randrange(-5 * 86400, 10 * 86400)
         created_at = min(complete_till, day_start) - rng.randrange(3600, 7 * 86400)
-        tasks.append({
-            "id": 4100001 + index * 2, "created_by": lead["responsible_user_id"],
-            "updated_by": lead["responsible_user_id"], "created_at": created_at,
-            "updated_at": created_at, "responsible_user_id": lead["responsible_user_id"],
-            "group_id": 0, "entity_id": lead["id"], "entity_type": "leads", "duration": 0,
-            "is_completed": complete_till < day_start and rng.random() < 0.6,
-            "task_type_id": rng.choice((1, 2)), "text": rng.choice(TASK_TEXTS), "result": [],
-            "complete_till": complete_till, "account_id": ACCOUNT_ID,
-        })
+        tasks.append(
+            {
+                "id": 4100001 + index * 2,
+                "created_by": lead["responsible_user_id"],
+                "updated_by": lead["responsible_user_id"],
+                "created_at": created_at,
+                "updated_at": created_at,
+                "responsible_user_id": lead["responsible_user_id"],
+                "group_id": 0,
+                "entity_id": lead["id"],
+                "entity_type": "leads",
+                "duration": 0,
+                "is_completed": complete_till < day_start and rng.random() < 0.6,
+                "task_type_id": rng.choice((1, 2)),
+                "text": rng.choice(TASK_TEXTS),
+                "result": [],
+                "complete_till": complete_till,
+                "account_id": ACCOUNT_ID,
+            }
+        )
     return tasks
 
 
@@ -649,15 +1045,17 @@ class _Client(NamedTuple):
     home: int
 
 
-def _client_pool(rng: random.Random, contacts: list[dict[str, Any]],
-                 employees: list[Employee]) -> list[_Client]:
+def _client_pool(
+    rng: random.Random, contacts: list[dict[str, Any]], employees: list[Employee]
+) -> list[_Client]:
     """About 400 callers: most are CRM contacts, some strangers, a few short local lines."""
     crm_numbers = []
     for contact in contacts:
         for value in contact["custom_fields_values"]:
             if value["field_code"] == "PHONE":
-                crm_numbers.extend((digits_only(item["value"])[-10:], contact["name"])
-                                   for item in value["values"])
+                crm_numbers.extend(
+                    (digits_only(item["value"])[-10:], contact["name"]) for item in value["values"]
+                )
     pool = []
     homes = list(range(len(employees)))
     home_weights = [0.3 if employee.role == "admin" else 1.0 for employee in employees]
@@ -687,12 +1085,41 @@ def _cumulative(weights: list[float]) -> list[float]:
 
 
 # Relative call volume per Moscow hour: the working day dominates, nights are nearly silent.
-HOUR_WEIGHTS = [0.02, 0.01, 0.01, 0.01, 0.01, 0.02, 0.05, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0, 0.7,
-                1.0, 1.0, 1.0, 1.0, 0.9, 0.7, 0.25, 0.12, 0.06, 0.03]
+HOUR_WEIGHTS = [
+    0.02,
+    0.01,
+    0.01,
+    0.01,
+    0.01,
+    0.02,
+    0.05,
+    0.2,
+    0.5,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    0.7,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    0.9,
+    0.7,
+    0.25,
+    0.12,
+    0.06,
+    0.03,
+]
 
 
-def _calls(rng: random.Random, count: int, employees: list[Employee], clients: list[_Client],
-           midnights: list[int]) -> list[Call]:
+def _calls(
+    rng: random.Random,
+    count: int,
+    employees: list[Employee],
+    clients: list[_Client],
+    midnights: list[int],
+) -> list[Call]:
     """Generate `count` calls; `midnights` bounds each Moscow day (one more than the days)."""
     day_weights = []
     for midnight in midnights[:-1]:
@@ -702,10 +1129,13 @@ def _calls(rng: random.Random, count: int, employees: list[Employee], clients: l
     hour_picks = rng.choices(range(24), cum_weights=_cumulative(HOUR_WEIGHTS), k=count)
     # Some callers ring often: weight the pool by a falling rank curve.
     client_picks = rng.choices(
-        clients, cum_weights=_cumulative([1 / (rank + 3) ** 0.8 for rank in range(len(clients))]),
-        k=count)
-    staff_weights = _cumulative([0.35 if employee.role == "admin" else 1.0
-                                 for employee in employees])
+        clients,
+        cum_weights=_cumulative([1 / (rank + 3) ** 0.8 for rank in range(len(clients))]),
+        k=count,
+    )
+    staff_weights = _cumulative(
+        [0.35 if employee.role == "admin" else 1.0 for employee in employees]
+    )
 
     rows: list[tuple[Any, ...]] = []
     produced = 0
@@ -721,10 +1151,34 @@ def _calls(rng: random.Random, count: int, employees: list[Employee], clients: l
             caller, callee = rng.sample(employees, 2)
             talk = _talk_time(rng)
             ring = rng.randint(3, 15)
-            rows.append(_row(rng, caller, 1, callee.src_number, callee.display_name, start,
-                             start, start + ring + talk, ring + talk, 1))
-            rows.append(_row(rng, callee, 0, caller.src_number, caller.display_name, start,
-                             start + ring, start + ring + talk, talk, 1))
+            rows.append(
+                _row(
+                    rng,
+                    caller,
+                    1,
+                    callee.src_number,
+                    callee.display_name,
+                    start,
+                    start,
+                    start + ring + talk,
+                    ring + talk,
+                    1,
+                )
+            )
+            rows.append(
+                _row(
+                    rng,
+                    callee,
+                    0,
+                    caller.src_number,
+                    caller.display_name,
+                    start,
+                    start + ring,
+                    start + ring + talk,
+                    talk,
+                    1,
+                )
+            )
             produced += 1
             continue
 
@@ -743,8 +1197,9 @@ def _calls(rng: random.Random, count: int, employees: list[Employee], clients: l
             if rng.random() < 0.75:
                 answer = start + rng.randint(3, 25)
                 talk = _talk_time(rng)
-                rows.append(_row(rng, owner, 0, number, name, start, answer, answer + talk,
-                                 talk, 1))
+                rows.append(
+                    _row(rng, owner, 0, number, name, start, answer, answer + talk, talk, 1)
+                )
             else:
                 ring = rng.randint(5, 40)
                 rows.append(_row(rng, owner, 0, number, name, start, 0, start + ring, 0, 0))
@@ -753,8 +1208,9 @@ def _calls(rng: random.Random, count: int, employees: list[Employee], clients: l
             if rng.random() < 0.6:
                 # The phone cannot see the pick-up: answer_time is the start, duration rings too.
                 duration = ring + _talk_time(rng)
-                rows.append(_row(rng, owner, 1, number, name, start, start, start + duration,
-                                 duration, 1))
+                rows.append(
+                    _row(rng, owner, 1, number, name, start, start, start + duration, duration, 1)
+                )
             else:
                 rows.append(_row(rng, owner, 1, number, name, start, 0, start + ring, ring, 0))
 
@@ -764,8 +1220,22 @@ def _calls(rng: random.Random, count: int, employees: list[Employee], clients: l
     for row in rows:
         db_call_id += rng.randint(1, 5)
         upload, start, user_id, direction, number, name, answer, end, duration, answered, rec = row
-        log.append(Call(db_call_id, user_id, direction, number, name, start, answer, end,
-                        duration, answered, upload, rec))
+        log.append(
+            Call(
+                db_call_id,
+                user_id,
+                direction,
+                number,
+                name,
+                start,
+                answer,
+                end,
+                duration,
+                answered,
+                upload,
+                rec,
+            )
+        )
     return log
 
 
@@ -773,13 +1243,34 @@ def _talk_time(rng: random.Random) -> int:
     return max(4, min(3600, int(rng.lognormvariate(4.1, 1.0))))
 
 
-def _row(rng: random.Random, owner: Employee, direction: int, number: str, name: str, start: int,
-         answer: int, end: int, duration: int, answered: int) -> tuple[Any, ...]:
+def _row(
+    rng: random.Random,
+    owner: Employee,
+    direction: int,
+    number: str,
+    name: str,
+    start: int,
+    answer: int,
+    end: int,
+    duration: int,
+    answered: int,
+) -> tuple[Any, ...]:
     # Most phones upload within a minute; some were offline and upload hours later.
     if rng.random() < 0.05:
         upload = end + rng.randint(3600, 9 * 3600)
     else:
         upload = end + rng.randint(2, 60)
     has_recording = bool(answered) and rng.random() < 0.7
-    return (upload, start, owner.id, direction, number, name, answer, end, duration, answered,
-            has_recording)
+    return (
+        upload,
+        start,
+        owner.id,
+        direction,
+        number,
+        name,
+        answer,
+        end,
+        duration,
+        answered,
+        has_recording,
+    )

@@ -68,14 +68,22 @@ def _page_size(params: dict[str, Any]) -> int:
     return max(1, min(PAGE_LIMIT, size))
 
 
-def _envelope(selection: list[Any], offset: int, size: int,
-              present: Callable[[Any], dict[str, Any]], begin: int = 0) -> dict[str, Any]:
+def _envelope(
+    selection: list[Any],
+    offset: int,
+    size: int,
+    present: Callable[[Any], dict[str, Any]],
+    begin: int = 0,
+) -> dict[str, Any]:
     """One page; `offset` counts from `begin`, where the selection starts inside the list."""
-    page = selection[begin + offset:begin + offset + size]
+    page = selection[begin + offset : begin + offset + size]
     remains = max(0, len(selection) - begin - offset - len(page))
-    return {"results_next_offset": offset + len(page) if remains else 0,
-            "results_count": len(page), "results_remains": remains,
-            "results": [present(item) for item in page]}
+    return {
+        "results_next_offset": offset + len(page) if remains else 0,
+        "results_count": len(page),
+        "results_remains": remains,
+        "results": [present(item) for item in page],
+    }
 
 
 class MoizvonkiEmulator:
@@ -83,8 +91,7 @@ class MoizvonkiEmulator:
 
     def __init__(self, data: SandboxData, users: dict[str, str]) -> None:
         self.users = dict(users)
-        self.employees = {employee.id: dataclasses.replace(employee)
-                          for employee in data.employees}
+        self.employees = {employee.id: dataclasses.replace(employee) for employee in data.employees}
         self.groups = [dict(group) for group in data.groups]
         self.sms_templates = [dict(template) for template in data.sms_templates]
         self.calls: list[Call] = list(data.calls)
@@ -92,8 +99,7 @@ class MoizvonkiEmulator:
         self.dialed: list[tuple[str, str]] = []
         self.sms: list[tuple[str, str, str]] = []
         self.webhooks: dict[str, str] = {}
-        self._selections: OrderedDict[tuple[Any, ...], tuple[list[Call], list[int]]] = (
-            OrderedDict())
+        self._selections: OrderedDict[tuple[Any, ...], tuple[list[Call], list[int]]] = OrderedDict()
         self._last_call_id = max((call.db_call_id for call in self.calls), default=2_400_000)
         self._reindex()
         self._actions: dict[str, tuple[Callable[[Employee, dict[str, Any]], Response], bool]] = {
@@ -110,9 +116,15 @@ class MoizvonkiEmulator:
             "webhook.subscribe": (self._subscribe, True),
             "webhook.unsubscribe": (self._unsubscribe, True),
         }
-        self.app = Starlette(routes=[Route(
-            "/{path:path}", self._serve,
-            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])])
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/{path:path}",
+                    self._serve,
+                    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+                )
+            ]
+        )
 
     # ---- the call log ---------------------------------------------------------------------
 
@@ -123,14 +135,25 @@ class MoizvonkiEmulator:
         self._own_calls: dict[int, list[Call]] = {}
         for call in self.calls:
             self._own_calls.setdefault(call.user_id, []).append(call)
-        self._own_ids = {user_id: [call.db_call_id for call in calls]
-                         for user_id, calls in self._own_calls.items()}
+        self._own_ids = {
+            user_id: [call.db_call_id for call in calls]
+            for user_id, calls in self._own_calls.items()
+        }
         self._selections.clear()
 
-    def record_call(self, employee_email: str, direction: int, client_number: str,
-                    start_time: int, answered: bool, duration: int, wait: int = 0,
-                    client_name: str | None = None, recording: bool = False,
-                    upload_time: int | None = None) -> Call:
+    def record_call(
+        self,
+        employee_email: str,
+        direction: int,
+        client_number: str,
+        start_time: int,
+        answered: bool,
+        duration: int,
+        wait: int = 0,
+        client_name: str | None = None,
+        recording: bool = False,
+        upload_time: int | None = None,
+    ) -> Call:
         """Append a call as a phone would upload it now, with the next id; for tests."""
         owner = self._employee_by_email(employee_email)
         if owner is None:
@@ -149,20 +172,37 @@ class MoizvonkiEmulator:
         self._last_call_id += 1
         if upload_time is None:
             upload_time = max(end_time, int(time.time()))
-        call = Call(self._last_call_id, owner.id, direction, client_number,
-                    client_name if client_name is not None else client_number, start_time,
-                    answer_time, end_time, logged, int(bool(answered)), upload_time,
-                    bool(recording and answered))
+        call = Call(
+            self._last_call_id,
+            owner.id,
+            direction,
+            client_number,
+            client_name if client_name is not None else client_number,
+            start_time,
+            answer_time,
+            end_time,
+            logged,
+            int(bool(answered)),
+            upload_time,
+            bool(recording and answered),
+        )
         self.calls.append(call)
         self._reindex()
         return call
 
     def _employee_by_email(self, email: str) -> Employee | None:
-        return next((employee for employee in self.employees.values()
-                     if employee.email == email), None)
+        return next(
+            (employee for employee in self.employees.values() if employee.email == email), None
+        )
 
-    def _selection(self, owner: Employee, everyone: bool, from_id: int | None,
-                   from_date: int | None, to_date: int | None) -> tuple[list[Call], int]:
+    def _selection(
+        self,
+        owner: Employee,
+        everyone: bool,
+        from_id: int | None,
+        from_date: int | None,
+        to_date: int | None,
+    ) -> tuple[list[Call], int]:
         """The calls matching a query, as a sorted list and the index where they begin.
 
         Selections are memoized and a from_id cursor only bisects into one, so each page of a
@@ -173,8 +213,9 @@ class MoizvonkiEmulator:
             return calls, bisect.bisect_left(ids, from_id)
         return self._window(owner, everyone, from_date, to_date)[0], 0
 
-    def _window(self, owner: Employee, everyone: bool, from_date: int | None,
-                to_date: int | None) -> tuple[list[Call], list[int]]:
+    def _window(
+        self, owner: Employee, everyone: bool, from_date: int | None, to_date: int | None
+    ) -> tuple[list[Call], list[int]]:
         if everyone:
             calls, ids = self.calls, self._all_ids
         else:
@@ -299,8 +340,13 @@ class MoizvonkiEmulator:
         everyone = supervised and employee.role == "admin"
         selection, begin = self._selection(employee, everyone, from_id, from_date, to_date)
         offset = max(0, _number(params, "from_offset") or 0)
-        body = _envelope(selection, offset, _page_size(params),
-                         lambda call: self._present_call(call, supervised), begin)
+        body = _envelope(
+            selection,
+            offset,
+            _page_size(params),
+            lambda call: self._present_call(call, supervised),
+            begin,
+        )
         return _json(body)
 
     def _make_call(self, employee: Employee, params: dict[str, Any]) -> Response:
@@ -314,8 +360,12 @@ class MoizvonkiEmulator:
         return PlainTextResponse("SMS posted")
 
     def _sms_templates(self, employee: Employee, params: dict[str, Any]) -> Response:
-        return _json({"results_count": len(self.sms_templates),
-                      "results": [dict(template) for template in self.sms_templates]})
+        return _json(
+            {
+                "results_count": len(self.sms_templates),
+                "results": [dict(template) for template in self.sms_templates],
+            }
+        )
 
     # ---- company.* ------------------------------------------------------------------------
 
@@ -335,8 +385,11 @@ class MoizvonkiEmulator:
         return found
 
     def _list_employees(self, employee: Employee, params: dict[str, Any]) -> Response:
-        wanted = self._find_employee(params, required=False) if (
-            params.get("employee_user_name") or params.get("employee_id") is not None) else None
+        wanted = (
+            self._find_employee(params, required=False)
+            if (params.get("employee_user_name") or params.get("employee_id") is not None)
+            else None
+        )
         staff = [wanted] if wanted else sorted(self.employees.values(), key=lambda item: item.id)
         offset = max(0, _number(params, "from_offset") or 0)
         return _json(_envelope(staff, offset, _page_size(params), _present_employee))
@@ -357,12 +410,19 @@ class MoizvonkiEmulator:
         new_id = max(self.employees) + 7
         display_name = params.get("display_name")
         created = Employee(
-            id=new_id, display_name=display_name if isinstance(display_name, str) else login,
-            email=login, group_id=group["id"], group_name=group["name"], role="user",
-            src_number=str(params.get("src_number") or ""), src_id=0, src_slot=0,
+            id=new_id,
+            display_name=display_name if isinstance(display_name, str) else login,
+            email=login,
+            group_id=group["id"],
+            group_name=group["name"],
+            role="user",
+            src_number=str(params.get("src_number") or ""),
+            src_id=0,
+            src_slot=0,
             amocrm_user_id=0,
             # Emulator's choice: a new employee stays inactive until activate_employee.
-            is_active=False)
+            is_active=False,
+        )
         self.employees[new_id] = created
         return _json(_present_employee(created))
 
@@ -415,9 +475,14 @@ class MoizvonkiEmulator:
 
 
 def _present_employee(employee: Employee) -> dict[str, Any]:
-    return {"id": employee.id, "display_name": employee.display_name, "email": employee.email,
-            "group_id": employee.group_id, "group_name": employee.group_name,
-            "role": employee.role}
+    return {
+        "id": employee.id,
+        "display_name": employee.display_name,
+        "email": employee.email,
+        "group_id": employee.group_id,
+        "group_name": employee.group_name,
+        "role": employee.role,
+    }
 
 
 def _json(body: Any) -> Response:

@@ -37,15 +37,25 @@ def amocrm_token(seed: int, account_id: int, user_id: int) -> str:
     digest = hashlib.sha256(f"tariti-sandbox:{seed}:amocrm-token".encode()).digest()
     header = {"typ": "JWT", "alg": "RS256", "jti": digest[:20].hex()}
     claims = {
-        "aud": str(uuid.UUID(bytes=digest[:16])), "jti": digest[:20].hex(),
-        "iat": 1767225600, "nbf": 1767225600, "exp": 1924992000, "sub": str(user_id),
-        "grant_type": "", "account_id": account_id, "scopes": ["crm", "notifications"],
+        "aud": str(uuid.UUID(bytes=digest[:16])),
+        "jti": digest[:20].hex(),
+        "iat": 1767225600,
+        "nbf": 1767225600,
+        "exp": 1924992000,
+        "sub": str(user_id),
+        "grant_type": "",
+        "account_id": account_id,
+        "scopes": ["crm", "notifications"],
     }
     signature = b"".join(hashlib.sha512(digest + bytes([block])).digest() for block in range(4))
     compact = {"separators": (",", ":")}
-    return ".".join((_b64url(json.dumps(header, **compact).encode()),
-                     _b64url(json.dumps(claims, **compact).encode()),
-                     _b64url(signature)))
+    return ".".join(
+        (
+            _b64url(json.dumps(header, **compact).encode()),
+            _b64url(json.dumps(claims, **compact).encode()),
+            _b64url(signature),
+        )
+    )
 
 
 def moizvonki_key(seed: int, login: str) -> str:
@@ -74,9 +84,16 @@ def _listen(host: str, port: int) -> socket.socket:
 class Sandbox:
     """Both emulators with seeded data; `start()` returns once both accept connections."""
 
-    def __init__(self, seed: int = 1, calls: int = 3000, days: int = 60,
-                 host: str = "127.0.0.1", amocrm_port: int = 0, moizvonki_port: int = 0,
-                 now: float | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 1,
+        calls: int = 3000,
+        days: int = 60,
+        host: str = "127.0.0.1",
+        amocrm_port: int = 0,
+        moizvonki_port: int = 0,
+        now: float | None = None,
+    ) -> None:
         self.seed, self.calls, self.days, self.now = seed, calls, days, now
         self.host = host
         self._ports = (amocrm_port, moizvonki_port)
@@ -116,13 +133,17 @@ class Sandbox:
         sockets = [_listen(self.host, port) for port in self._ports]
         apps = (self.amocrm.app, self.moizvonki.app)
         # Logging off entirely: uvicorn's own config would print to stdout.
-        self._servers = [uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                                       lifespan="off", ws="none"))
-                         for app in apps]
+        self._servers = [
+            uvicorn.Server(
+                uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none")
+            )
+            for app in apps
+        ]
         ready = threading.Event()
         failures: list[Exception | SystemExit] = []
-        self._thread = threading.Thread(target=self._run, args=(sockets, ready, failures),
-                                        name="tariti-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(sockets, ready, failures), name="tariti-sandbox", daemon=True
+        )
         self._thread.start()
         ready.wait(START_TIMEOUT)
         if failures or not all(server.started for server in self._servers):
@@ -130,14 +151,19 @@ class Sandbox:
             for sock in sockets:
                 sock.close()
             raise RuntimeError("the sandbox servers did not start") from (
-                failures[0] if failures else None)
+                failures[0] if failures else None
+            )
 
         display_host = f"[{self.host}]" if ":" in self.host else self.host
         amocrm_port, moizvonki_port = (sock.getsockname()[1] for sock in sockets)
         self.amocrm_url = f"http://{display_host}:{amocrm_port}"
         self.moizvonki_url = f"http://{display_host}:{moizvonki_port}/api/v1"
-        logger.info("sandbox started: amoCRM on port %d, Moizvonki on port %d, %d calls",
-                    amocrm_port, moizvonki_port, len(self.moizvonki.calls))
+        logger.info(
+            "sandbox started: amoCRM on port %d, Moizvonki on port %d, %d calls",
+            amocrm_port,
+            moizvonki_port,
+            len(self.moizvonki.calls),
+        )
         return self
 
     def _issue_credentials(self, data: SandboxData) -> None:
@@ -149,13 +175,20 @@ class Sandbox:
         self.moizvonki_manager_user = manager.email
         self.moizvonki_manager_key = moizvonki_key(self.seed, manager.email)
         self.amocrm = AmoCrmEmulator(data, self.amocrm_token)
-        self.moizvonki = MoizvonkiEmulator(data, {
-            self.moizvonki_user: self.moizvonki_key,
-            self.moizvonki_manager_user: self.moizvonki_manager_key,
-        })
+        self.moizvonki = MoizvonkiEmulator(
+            data,
+            {
+                self.moizvonki_user: self.moizvonki_key,
+                self.moizvonki_manager_user: self.moizvonki_manager_key,
+            },
+        )
 
-    def _run(self, sockets: list[socket.socket], ready: threading.Event,
-             failures: list[Exception | SystemExit]) -> None:
+    def _run(
+        self,
+        sockets: list[socket.socket],
+        ready: threading.Event,
+        failures: list[Exception | SystemExit],
+    ) -> None:
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._serve(sockets, ready))
@@ -167,8 +200,10 @@ class Sandbox:
             loop.close()
 
     async def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
-        tasks = [asyncio.ensure_future(server.serve(sockets=[sock]))
-                 for server, sock in zip(self._servers, sockets, strict=True)]
+        tasks = [
+            asyncio.ensure_future(server.serve(sockets=[sock]))
+            for server, sock in zip(self._servers, sockets, strict=True)
+        ]
         while not all(server.started for server in self._servers):
             if any(task.done() for task in tasks):
                 break
@@ -189,8 +224,12 @@ class Sandbox:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def __repr__(self) -> str:
