@@ -178,8 +178,11 @@ def validation_details(problem: dict[str, Any]) -> list[str]:
     return lines
 
 
-def amocrm_error(response: httpx.Response) -> ServiceError:
-    """Map a non-success amoCRM answer to the error the model should read."""
+def amocrm_error(response: httpx.Response, *, write: bool = False) -> ServiceError:
+    """Map a non-success amoCRM answer to the error the model should read.
+
+    A 5xx to a write means the request reached amoCRM and may have been carried out.
+    """
     status = response.status_code
     request_id = response.headers.get("x-request-id")
     problem = _json_body(response)
@@ -230,6 +233,10 @@ def amocrm_error(response: httpx.Response) -> ServiceError:
         )
     if status == 429:
         return RateLimited(AMOCRM, "too many requests", **kwargs)
+    if status >= 500 and write:
+        return OutcomeUnknown(
+            AMOCRM, f"amoCRM failed while handling the write ({status})", **kwargs
+        )
     if status == 504:
         return Unavailable(
             AMOCRM,
@@ -254,7 +261,7 @@ def _short_text(response: httpx.Response, limit: int = 200) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def moizvonki_error(response: httpx.Response, action: str) -> ServiceError:
+def moizvonki_error(response: httpx.Response, action: str, *, write: bool = False) -> ServiceError:
     """Map a non-200 Moizvonki answer. Its errors are plain text, so keywords decide."""
     status = response.status_code
     text = _short_text(response)
@@ -285,6 +292,10 @@ def moizvonki_error(response: httpx.Response, action: str) -> ServiceError:
         )
     if status == 429:
         return RateLimited(MOIZVONKI, "too many requests", status=status)
+    if status >= 500 and write:
+        return OutcomeUnknown(
+            MOIZVONKI, f"{action} failed on Moizvonki's side ({status})", status=status
+        )
     if status >= 500:
         return Unavailable(MOIZVONKI, text or "server error", status=status)
     return Rejected(MOIZVONKI, f"{action} was rejected: {text or 'no reason given'}", status=status)

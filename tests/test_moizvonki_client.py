@@ -195,3 +195,20 @@ def test_iso_dates_become_unix_seconds_in_business_zone():
     checked = check_params("calls.list", {"from_date": "2026-12-01"}, ZoneInfo("Europe/Moscow"))
     assert checked["from_date"] == 1796072400  # 2026-12-01 00:00 +03:00
     assert checked["supervised"] == 1
+
+
+@pytest.mark.anyio
+@respx.mock(assert_all_called=False)
+async def test_send_sms_5xx_is_an_unknown_outcome_not_a_retry(respx_mock, client):
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(502, text="Bad Gateway"))
+    with pytest.raises(OutcomeUnknown, match="Do not send it again"):
+        await client.call("calls.send_sms", {"to": "+79161234567", "text": "hi"})
+    assert route.call_count == 1
+
+
+@pytest.mark.anyio
+@respx.mock(assert_all_called=False)
+async def test_moizvonki_posts_to_the_exact_api_path_without_trailing_slash(respx_mock, client):
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(200, json={"results": []}))
+    await client.call("calls.get_sms_templates")
+    assert route.calls.last.request.url.path == "/api/v1"

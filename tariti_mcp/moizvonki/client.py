@@ -111,7 +111,7 @@ class MoizvonkiClient:
                 response = retry
         logger.debug("Moizvonki %s -> %d", action, response.status_code)
         if response.status_code != 200:
-            raise moizvonki_error(response, action)
+            raise moizvonki_error(response, action, write=not read_only)
         return parse_answer(response)
 
     async def pages(

@@ -1,0 +1,108 @@
+"""Forwarding when amoCRM's answer is lost: the lead is never sent twice blindly."""
+
+import httpx
+import pytest
+import respx
+
+from tariti_mcp.amocrm import leads
+from tariti_mcp.amocrm.client import AmoCrmClient
+from tariti_mcp.errors import InvalidArgument, OutcomeUnknown, Rejected
+from tariti_mcp.http import RetryPolicy
+from tariti_mcp.store import Store
+
+BASE = "https://acme.amocrm.ru"
+
+
+@pytest.fixture
+async def client():
+    amo = AmoCrmClient(BASE, "token-0123456789", retry_policy=RetryPolicy(first_wait=0.01))
+    yield amo
+    await amo.aclose()
+
+
+def lead(**overrides):
+    arguments = dict(
+        name="Анна",
+        phone="8 916 555-44-33",
+        email="",
+        message="",
+        source="site",
+        external_id="form-77",
+        price=0,
+        pipeline_id=0,
+        status_id=0,
+        tags=[],
+        lead_name="",
+        region="RU",
+    )
+    arguments.update(overrides)
+    return leads.prepare(**arguments)
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_timed_out_create_is_not_repeated(respx_mock, client):
+    respx_mock.get("/api/v4/contacts").mock(return_value=httpx.Response(204))
+    create = respx_mock.post("/api/v4/leads/complex").mock(side_effect=httpx.ReadTimeout("slow"))
+    store = Store()
+    with pytest.raises(OutcomeUnknown, match="look for it in amoCRM"):
+        await leads.forward(client, store, lead())
+    assert create.call_count == 1
+    row = store.forwarding_by_external_id("form-77")
+    assert row["status"] == "unknown"
+
+    with pytest.raises(InvalidArgument, match="outcome is not known"):
+        await leads.forward(client, store, lead())
+    assert create.call_count == 1
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_rejected_forwarding_is_failed_and_may_be_corrected(respx_mock, client):
+    respx_mock.get("/api/v4/contacts").mock(return_value=httpx.Response(204))
+    problem = {
+        "validation-errors": [
+            {
+                "request_id": "0",
+                "errors": [{"code": "NotSupportedChoice", "path": "status_id", "detail": "bad"}],
+            }
+        ],
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Request validation failed",
+    }
+    create = respx_mock.post("/api/v4/leads/complex")
+    create.side_effect = [
+        httpx.Response(400, json=problem),
+        httpx.Response(200, json=[{"id": 9, "contact_id": 8, "request_id": ["0"]}]),
+    ]
+    respx_mock.post("/api/v4/leads/9/notes").mock(return_value=httpx.Response(200, json={}))
+    store = Store()
+    with pytest.raises(Rejected, match="field status_id"):
+        await leads.forward(client, store, lead(status_id=5))
+    assert store.forwarding_by_external_id("form-77")["status"] == "failed"
+
+    result = await leads.forward(client, store, lead())
+    assert (result["lead_id"], result["contact_id"], result["duplicate"]) == (9, 8, False)
+    assert store.forwarding_by_external_id("form-77")["attempts"] == 2
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_lost_note_does_not_undo_or_repeat_the_lead(respx_mock, client):
+    respx_mock.get("/api/v4/contacts").mock(return_value=httpx.Response(204))
+    respx_mock.post("/api/v4/leads/complex").mock(
+        return_value=httpx.Response(200, json=[{"id": 9, "contact_id": 8, "request_id": ["0"]}])
+    )
+    note = respx_mock.post("/api/v4/leads/9/notes").mock(side_effect=httpx.ReadTimeout("slow"))
+    result = await leads.forward(client, Store(), lead(message="Перезвоните"))
+    assert result["status"] == "delivered" and result["note_added"] is False
+    assert note.call_count == 1
+
+
+def test_prepare_explains_bad_arguments():
+    with pytest.raises(InvalidArgument, match="phone or email"):
+        lead(phone="", email="")
+    with pytest.raises(InvalidArgument, match="not a valid e-mail"):
+        lead(phone="", email="anna@")
+    assert lead(email=" Anna@Example.RU ").email == "anna@example.ru"
