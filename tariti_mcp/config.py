@@ -6,6 +6,7 @@ then ``.env``, then ``backend/.env`` in the working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AMOCRM_HOST_SUFFIXES = (".amocrm.ru", ".amocrm.com", ".kommo.com")
 MOIZVONKI_DEFAULT_URL = "https://app.moizvonki.ru/api/v1"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -33,7 +33,13 @@ def default_db_path() -> Path:
 
 
 def _is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """Only a loopback IP address or ``localhost``: ``127.attacker.example`` is a remote host."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _describe(url: str) -> str:

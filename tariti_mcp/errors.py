@@ -23,9 +23,12 @@ the parsed problem body and the ``X-Request-Id`` only.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
+
+from .logs import MASK, redact
 
 AMOCRM = "amoCRM"
 MOIZVONKI = "Moizvonki"
@@ -141,6 +144,14 @@ class BadAnswer(ServiceError):
     advice = "The service answered in an unexpected format."
 
 
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Upstream text bound for the model, with our secrets masked: a proxy may echo a request."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return redact(text)
+
+
 # --- amoCRM -----------------------------------------------------------------------------------
 
 
@@ -178,7 +189,9 @@ def validation_details(problem: dict[str, Any]) -> list[str]:
     return lines
 
 
-def amocrm_error(response: httpx.Response, *, write: bool = False) -> ServiceError:
+def amocrm_error(
+    response: httpx.Response, *, write: bool = False, secrets: Iterable[str] = ()
+) -> ServiceError:
     """Map a non-success amoCRM answer to the error the model should read.
 
     A 5xx to a write means the request reached amoCRM and may have been carried out.
@@ -187,12 +200,12 @@ def amocrm_error(response: httpx.Response, *, write: bool = False) -> ServiceErr
     request_id = response.headers.get("x-request-id")
     problem = _json_body(response)
     problem = problem if isinstance(problem, dict) else {}
-    detail = str(problem.get("detail") or problem.get("title") or "").strip()
-    hint = str(problem.get("hint") or "").strip()
+    detail = scrub(str(problem.get("detail") or problem.get("title") or "").strip(), secrets)[:500]
+    hint = scrub(str(problem.get("hint") or "").strip(), secrets)[:200]
     kwargs: dict[str, Any] = {"status": status, "request_id": request_id}
 
     if status == 400 or status == 422:
-        details = validation_details(problem)
+        details = [scrub(line, secrets)[:500] for line in validation_details(problem)]
         return Rejected(AMOCRM, detail or "the request was rejected", details=details, **kwargs)
     if status == 401:
         reason = hint or detail or "unauthorized"
@@ -261,10 +274,12 @@ def _short_text(response: httpx.Response, limit: int = 200) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def moizvonki_error(response: httpx.Response, action: str, *, write: bool = False) -> ServiceError:
+def moizvonki_error(
+    response: httpx.Response, action: str, *, write: bool = False, secrets: Iterable[str] = ()
+) -> ServiceError:
     """Map a non-200 Moizvonki answer. Its errors are plain text, so keywords decide."""
     status = response.status_code
-    text = _short_text(response)
+    text = scrub(_short_text(response), secrets)
     lowered = text.lower()
     if status in (401, 403) and any(word in lowered for word in _BAD_CREDENTIALS):
         return AuthFailed(

@@ -11,6 +11,9 @@ import re
 import phonenumbers
 
 _NON_DIGITS = re.compile(r"\D")
+# What people type around the digits of a plain number; anything else (доб., ext, #) may be
+# an extension whose digits must not count.
+_PLAIN = re.compile(r"^[\d\s+()\-.]*$")
 
 
 def digits(raw: str | int | None) -> str:
@@ -18,8 +21,18 @@ def digits(raw: str | int | None) -> str:
 
 
 def last10(raw: str | int | None) -> str | None:
-    """The last ten digits, or None when the number is too short to match anything."""
-    only = digits(raw)
+    """The last ten digits of the line, or None when too short to match anything.
+
+    An extension (``+7 916 400-00-04 доб. 12``) is not part of the line.
+    """
+    text = str(raw or "")
+    if not _PLAIN.match(text):
+        try:
+            parsed = phonenumbers.parse(text, "RU")
+            text = f"{parsed.country_code}{parsed.national_number}"
+        except phonenumbers.NumberParseException:
+            pass
+    only = digits(text)
     return only[-10:] if len(only) >= 10 else None
 
 

@@ -7,9 +7,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -69,6 +70,7 @@ class AppState:
     store: Store
     amocrm: AmoCrmClient | None
     moizvonki: MoizvonkiClient | None
+    forwarding: anyio.Lock = field(default_factory=anyio.Lock)
 
     def require_amocrm(self) -> AmoCrmClient:
         if self.amocrm is None:
@@ -137,6 +139,12 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 settings.moizvonki_api_key.get_secret_value(),
                 timeout=settings.http_timeout,
             )
+        logger.info(
+            "server started: amoCRM %s, Moizvonki %s, database %s",
+            "configured" if amocrm else "not configured",
+            "configured" if moizvonki else "not configured",
+            database.path,
+        )
         try:
             yield AppState(settings, database, amocrm, moizvonki)
         finally:
@@ -303,7 +311,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 lead_name=lead_name,
                 region=state.settings.default_region,
             )
-            return _answer(await amocrm_leads.forward(client, state.store, lead))
+            return _answer(await amocrm_leads.forward(client, state.store, lead, state.forwarding))
 
     @_tool(
         title="Moizvonki API action",

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
+# A column value the answer did not carry: keep what the store already has.
+UNKNOWN: Any = object()
+
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
@@ -254,8 +257,13 @@ class Store:
                     "pipeline_id": _int(lead.get("pipeline_id")),
                     "status_id": _int(lead.get("status_id")),
                     "responsible_user_id": _int(lead.get("responsible_user_id")),
-                    "contact_id": _int(main.get("id")) if main else None,
-                    "company_id": _int(companies[0].get("id")) if companies else None,
+                    # Only a read made `with=contacts` says who the contact is.
+                    "contact_id": (_int(main.get("id")) if main else None)
+                    if "contacts" in embedded
+                    else UNKNOWN,
+                    "company_id": (_int(companies[0].get("id")) if companies else None)
+                    if "companies" in embedded
+                    else UNKNOWN,
                     "tags": ",".join(tags),
                     "created_at": _int(lead.get("created_at")),
                     "updated_at": _int(lead.get("updated_at")),
@@ -265,7 +273,7 @@ class Store:
                     "fetched_at": now,
                 }
             )
-        return self._upsert("amocrm_leads", rows, "id")
+        return self._upsert("amocrm_leads", rows, "id", keep=("contact_id", "company_id"))
 
     def upsert_contacts(self, contacts: Iterable[dict[str, Any]]) -> int:
         now = _now()
@@ -433,15 +441,17 @@ class Store:
                     "client_number": number,
                     "client_last10": phones.last10(number),
                     "client_name": call.get("client_name"),
-                    "user_id": _int(call.get("user_id")),
-                    "user_account": call.get("user_account"),
-                    "src_number": call.get("src_number"),
+                    # Owner fields come only with supervised=1; a plain read must not erase them.
+                    "user_id": _int(call["user_id"]) if "user_id" in call else UNKNOWN,
+                    "user_account": call.get("user_account", UNKNOWN),
+                    "src_number": call.get("src_number", UNKNOWN),
                     "recording": call.get("recording") or "",
                     "raw": _json(call),
                     "fetched_at": now,
                 }
             )
-        return self._upsert("moizvonki_calls", rows, "db_call_id"), highest
+        owner = ("user_id", "user_account", "src_number")
+        return self._upsert("moizvonki_calls", rows, "db_call_id", keep=owner), highest
 
     def upsert_employees(self, employees: Iterable[dict[str, Any]]) -> int:
         now = _now()
@@ -476,12 +486,41 @@ class Store:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _upsert(self, table: str, rows: list[dict[str, Any]], pk: Any) -> int:
+    def _upsert(
+        self, table: str, rows: list[dict[str, Any]], pk: Any, keep: tuple[str, ...] = ()
+    ) -> int:
+        """Insert or replace rows; a ``keep`` column marked UNKNOWN keeps its stored value."""
         if not rows:
             return 0
+        if keep:
+            self._fill_unknown(table, rows, pk, keep)
         with self.db.conn:
             self.db[table].upsert_all(rows, pk=pk)
         return len(rows)
+
+    def _fill_unknown(
+        self, table: str, rows: list[dict[str, Any]], pk: str, columns: tuple[str, ...]
+    ) -> None:
+        partial: dict[Any, list[dict[str, Any]]] = {}
+        for row in rows:
+            if any(row[c] is UNKNOWN for c in columns):
+                partial.setdefault(row[pk], []).append(row)
+        ids = list(partial)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" for _ in chunk)
+            selected = ", ".join(columns)
+            sql = f"SELECT {pk}, {selected} FROM {table} WHERE {pk} IN ({marks})"
+            for stored in self.query(sql, chunk):
+                for row in partial[stored[pk]]:
+                    for column in columns:
+                        if row[column] is UNKNOWN:
+                            row[column] = stored[column]
+        for same_id in partial.values():
+            for row in same_id:
+                for column in columns:
+                    if row[column] is UNKNOWN:
+                        row[column] = None
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> Iterator[dict[str, Any]]:
         cursor = self.db.execute(sql, list(params))

@@ -152,3 +152,13 @@ def test_unconfigured_service_lists_variables():
     assert not settings.amocrm_configured
     assert settings.missing_amocrm() == ["AMOCRM_API_KEY"]
     assert settings.missing_moizvonki() == ["MOIZVONKI_USER", "MOIZVONKI_API_KEY"]
+
+
+@pytest.mark.parametrize(
+    "raw", ["http://127.attacker.example", "http://127.0.0.1.nip.io:8000", "http://localhost.evil"]
+)
+def test_loopback_means_a_loopback_address_not_a_name_starting_with_127(raw):
+    with pytest.raises(ConfigError, match="AMOCRM_BASE_URL"):
+        normalize_amocrm_url(raw)
+    with pytest.raises(ConfigError, match="MOIZVONKI_BASE_URL"):
+        normalize_moizvonki_url(raw)

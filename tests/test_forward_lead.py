@@ -106,3 +106,35 @@ def test_prepare_explains_bad_arguments():
     with pytest.raises(InvalidArgument, match="not a valid e-mail"):
         lead(phone="", email="anna@")
     assert lead(email=" Anna@Example.RU ").email == "anna@example.ru"
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_contact_search_reads_every_page(respx_mock, client):
+    def contact(contact_id, phone):
+        return {
+            "id": contact_id,
+            "updated_at": 1,
+            "custom_fields_values": [{"field_code": "PHONE", "values": [{"value": phone}]}],
+        }
+
+    decoys = [
+        {
+            "id": n,
+            "custom_fields_values": [
+                {"field_code": "COMMENT", "values": [{"value": "9165554433"}]}
+            ],
+        }
+        for n in range(1, 251)
+    ]
+    first = {
+        "_page": 1,
+        "_embedded": {"contacts": decoys},
+        "_links": {"next": {"href": f"{BASE}/api/v4/contacts?query=9165554433&page=2"}},
+    }
+    second = {"_page": 2, "_embedded": {"contacts": [contact(999, "+7 916 555 44 33")]}}
+    respx_mock.get("/api/v4/contacts").mock(
+        side_effect=[httpx.Response(200, json=first), httpx.Response(200, json=second)]
+    )
+    found = await leads.find_contacts(client, None, lead())
+    assert [c["id"] for c in found] == [999]

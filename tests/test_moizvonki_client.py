@@ -6,7 +6,14 @@ import httpx
 import pytest
 import respx
 
-from tariti_mcp.errors import AccessDenied, AuthFailed, InvalidArgument, OutcomeUnknown, WrongHost
+from tariti_mcp.errors import (
+    AccessDenied,
+    AuthFailed,
+    InvalidArgument,
+    OutcomeUnknown,
+    Unavailable,
+    WrongHost,
+)
 from tariti_mcp.http import RetryPolicy
 from tariti_mcp.moizvonki.api import check_params
 from tariti_mcp.moizvonki.client import MoizvonkiClient
@@ -212,3 +219,19 @@ async def test_moizvonki_posts_to_the_exact_api_path_without_trailing_slash(resp
     route = respx_mock.post(URL).mock(return_value=httpx.Response(200, json={"results": []}))
     await client.call("calls.get_sms_templates")
     assert route.calls.last.request.url.path == "/api/v1"
+
+
+@pytest.mark.anyio
+@respx.mock(assert_all_called=False)
+async def test_upstream_echo_of_the_request_does_not_leak_the_key(respx_mock, client):
+    def echo(request):
+        return httpx.Response(500, text=f"bad request: {request.content.decode()}")
+
+    respx_mock.post(URL).mock(side_effect=echo)
+    with pytest.raises(Unavailable) as info:
+        await client.call("calls.get_sms_templates")
+    assert KEY not in str(info.value)
+
+    respx_mock.post(URL).mock(side_effect=lambda r: httpx.Response(200, text=r.content.decode()))
+    answer = await client.call("calls.get_sms_templates")
+    assert KEY not in json.dumps(answer)

@@ -44,3 +44,9 @@ def test_any_format_of_a_mobile_is_the_same_line(national, template):
     formatted = template.format(a=national[:3], b=national[3:6], c=national[6:8], d=national[8:])
     assert phones.same_line(formatted, "+7" + national)
     assert phones.normalize(formatted) == "+7" + national
+
+
+def test_extension_digits_are_not_part_of_the_line():
+    assert phones.last10("+7-916-400-00-04 доб. 12") == "9164000004"
+    assert phones.last10("8 916 400 00 04 ext 5") == "9164000004"
+    assert phones.same_line("+7-916-400-00-04 доб. 12", "89164000004")

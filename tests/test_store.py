@@ -89,3 +89,24 @@ def test_forwarding_claimed_once_per_external_id():
     assert store.claim_forwarding({"id": "b", "external_id": "form-1"})["id"] == "a"
     assert store.claim_forwarding({"id": "c", "external_id": None}) is None
     assert store.claim_forwarding({"id": "d", "external_id": None}) is None
+
+
+def test_unsupervised_read_does_not_erase_call_owner():
+    store = Store()
+    owned = {"db_call_id": 1, "start_time": 10, "user_id": 5, "user_account": "anna@x.ru"}
+    store.upsert_calls([owned])
+    store.upsert_calls([{"db_call_id": 1, "start_time": 10, "answered": 1}])
+    row = next(store.query("SELECT user_id, user_account, answered FROM moizvonki_calls"))
+    assert row == {"user_id": 5, "user_account": "anna@x.ru", "answered": 1}
+
+
+def test_lead_read_without_contacts_keeps_its_contact():
+    store = Store()
+    store.upsert_leads([{"id": 1, "_embedded": {"contacts": [{"id": 9, "is_main": True}]}}])
+    store.upsert_leads([{"id": 1, "name": "renamed", "_embedded": {"tags": []}}])
+    assert next(store.query("SELECT name, contact_id FROM amocrm_leads")) == {
+        "name": "renamed",
+        "contact_id": 9,
+    }
+    store.upsert_leads([{"id": 1, "_embedded": {"contacts": []}}])  # unlinked since
+    assert next(store.query("SELECT contact_id FROM amocrm_leads"))["contact_id"] is None

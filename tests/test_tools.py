@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from zoneinfo import ZoneInfo
 
+import anyio
 import httpx
 import pytest
 from mcp import Client
@@ -380,3 +381,28 @@ async def test_analytics_default_is_today_and_resync_is_incremental(client, sand
 async def test_analytics_bad_dates(client):
     error, text = await call(client, "get_moizvonki_analytics", {"date_from": "yesterday"})
     assert error and "ISO date" in text
+
+
+@pytest.mark.anyio
+async def test_concurrent_forwards_of_one_new_person_make_one_contact(client, sandbox, mode):
+    national = unused_phone(sandbox, 9990005000 if mode == "legacy" else 9990006000)
+    forms = [f"+7 {national}", f"8 ({national[:3]}) {national[3:]}", national]
+    results = []
+
+    async def forward(phone):
+        results.append(
+            await call(client, "forward_lead_to_amocrm", {"name": "Ольга", "phone": phone})
+        )
+
+    async with anyio.create_task_group() as group:
+        for phone in forms:
+            group.start_soon(forward, phone)
+    assert all(not error for error, _ in results), results
+    assert sum(not r["contact_existed"] for _, r in results) == 1
+    assert len({r["contact_id"] for _, r in results}) == 1
+    holders = [
+        c
+        for c in sandbox.amocrm.contacts.values()
+        if any(phones.last10(v) == national for v in field_values(c, "PHONE"))
+    ]
+    assert len(holders) == 1

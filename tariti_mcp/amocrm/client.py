@@ -214,7 +214,7 @@ class AmoCrmClient:
         request_id = response.headers.get("x-request-id")
         logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
         if response.status_code >= 300:
-            raise amocrm_error(response, write=method != "GET")
+            raise amocrm_error(response, write=method != "GET", secrets=(self._token,))
         if response.status_code == 204 or not response.content.strip():
             return Answer(response.status_code, None, request_id)
         try:

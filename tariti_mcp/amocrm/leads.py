@@ -9,13 +9,17 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import anyio
+
 from .. import phones
 from ..errors import AMOCRM, BadAnswer, InvalidArgument, OutcomeUnknown, ServiceError
 from ..store import Store, field_values
-from .client import AmoCrmClient
+from .client import AmoCrmClient, list_items, next_link
 
 logger = logging.getLogger(__name__)
 
+MAX_NAME = 255  # amoCRM's limit on entity names
+MAX_NOTE = 10_000  # our cap on one note: longer texts are cut, and the answer says so
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -98,13 +102,31 @@ def prepare(
     )
 
 
+# Enough pages for any real account; a search matching more contacts is not a phone search.
+SEARCH_PAGES = 8
+
+
 async def _search_contacts(client: AmoCrmClient, text: str) -> list[dict[str, Any]]:
-    answer = await client.request("GET", "/api/v4/contacts", [("query", text), ("limit", "50")])
-    if not isinstance(answer.body, dict):
-        return []  # 204: nobody matched
-    return [
-        c for c in (answer.body.get("_embedded") or {}).get("contacts") or [] if isinstance(c, dict)
-    ]
+    """Every contact amoCRM's full-text search finds for ``text``, over all pages."""
+    found: list[dict[str, Any]] = []
+    target: tuple[str, list[tuple[str, str]]] | None = (
+        "/api/v4/contacts",
+        [("query", text), ("limit", "250")],
+    )
+    for _ in range(SEARCH_PAGES):
+        if target is None:
+            break
+        answer = await client.request("GET", target[0], target[1])
+        listing = list_items(answer.body)
+        if listing is None:
+            break  # 204: nobody (more) matched
+        found.extend(c for c in listing[1] if isinstance(c, dict))
+        href = next_link(answer.body)
+        target = client.follow(href) if href else None
+    else:
+        if target is not None:
+            logger.warning("contact search matched more than %d pages", SEARCH_PAGES)
+    return found
 
 
 async def find_contacts(
@@ -152,7 +174,7 @@ def _contact_fields(lead: LeadRequest) -> list[dict[str, Any]]:
 
 
 def _lead_body(lead: LeadRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": lead.title[:255]}
+    body: dict[str, Any] = {"name": lead.title[:MAX_NAME]}
     if lead.price:
         body["price"] = lead.price
     if lead.pipeline_id:
@@ -192,7 +214,7 @@ async def _create(
             )
         return int(created[0]["id"]), int(contact["id"])
 
-    new_contact: dict[str, Any] = {"name": (lead.name or lead.phone or lead.email)[:255]}
+    new_contact: dict[str, Any] = {"name": (lead.name or lead.phone or lead.email)[:MAX_NAME]}
     fields = _contact_fields(lead)
     if fields:
         new_contact["custom_fields_values"] = fields
@@ -205,8 +227,19 @@ async def _create(
     return int(created[0]["id"]), int(created[0].get("contact_id") or 0)
 
 
-async def forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict[str, Any]:
-    """Forward one lead, exactly once per ``external_id``; return what the model should see."""
+async def forward(
+    client: AmoCrmClient, store: Store, lead: LeadRequest, lock: anyio.Lock | None = None
+) -> dict[str, Any]:
+    """Forward one lead, exactly once per ``external_id``; return what the model should see.
+
+    ``lock`` serialises forwardings in this process: two submissions of one new person at
+    once would otherwise both miss the contact and create it twice.
+    """
+    async with lock or anyio.Lock():
+        return await _forward(client, store, lead)
+
+
+async def _forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict[str, Any]:
     forwarding_id = uuid.uuid4().hex
     record = {
         "id": forwarding_id,
@@ -264,15 +297,24 @@ async def forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict
         "contact_existed": contact is not None,
         "lead_url": lead_url,
     }
+    notes = []
     if len(contacts) > 1:
         result["other_matching_contacts"] = [c["id"] for c in contacts[1:10]]
-        result["note"] = (
+        notes.append(
             f"{len(contacts)} contacts hold this phone or e-mail; the lead was linked to the most "
             f"recently updated one ({contact_id})."
         )
+    if len(lead.title) > MAX_NAME:
+        notes.append(f"the deal title was cut to {MAX_NAME} characters, amoCRM's limit")
     text = _note_text(lead)
     if text:
-        result["note_added"] = await _add_note(client, lead_id, text)
+        result["note_added"] = await _add_note(client, lead_id, text[:MAX_NOTE])
+        if len(text) > MAX_NOTE:
+            notes.append(f"the message was cut to its first {MAX_NOTE} characters in the note")
+        if not result["note_added"]:
+            notes.append("the deal was created but its note could not be added; add it by hand")
+    if notes:
+        result["notes"] = notes
     return result
 
 
@@ -281,7 +323,7 @@ async def _add_note(client: AmoCrmClient, lead_id: int, text: str) -> bool:
         await client.request(
             "POST",
             f"/api/v4/leads/{lead_id}/notes",
-            body=[{"note_type": "common", "params": {"text": text[:10_000]}}],
+            body=[{"note_type": "common", "params": {"text": text}}],
         )
     except ServiceError as exc:
         # The deal exists; a missing note is reported, never a reason to create it again.

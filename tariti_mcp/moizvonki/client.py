@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import MOIZVONKI, InvalidArgument, moizvonki_error
+from ..errors import MOIZVONKI, InvalidArgument, moizvonki_error, scrub
 from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, send
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,10 @@ class MoizvonkiClient:
                 response = retry
         logger.debug("Moizvonki %s -> %d", action, response.status_code)
         if response.status_code != 200:
-            raise moizvonki_error(response, action, write=not read_only)
-        return parse_answer(response)
+            raise moizvonki_error(
+                response, action, write=not read_only, secrets=(self._key, self.user)
+            )
+        return parse_answer(response, secrets=(self._key,))
 
     async def pages(
         self,
@@ -141,12 +143,15 @@ class MoizvonkiClient:
             offset = following
 
 
-def parse_answer(response: httpx.Response) -> Any:
+def parse_answer(response: httpx.Response, secrets: tuple[str, ...] = ()) -> Any:
     text = response.text.strip()
+    if any(secret and secret in text for secret in secrets):
+        # Something upstream echoed the request; the key must not reach the model.
+        text = scrub(text, secrets)
     if not text:
         return {"message": ""}
     try:
-        return response.json()
+        return json.loads(text)
     except ValueError:
         # Some successes are plain text, e.g. "SMS posted".
         return {"message": text[:500]}
