@@ -6,8 +6,10 @@ Logging is configured here and only here. stdout belongs to the MCP protocol whi
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -41,19 +43,51 @@ def _parser() -> argparse.ArgumentParser:
         "sandbox", help="run only the API emulators and print the settings that point at them"
     )
     _sandbox_options(sandbox)
-    sandbox.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
-    sandbox.add_argument("--amocrm-port", type=int, default=0, help="0 picks a free port")
-    sandbox.add_argument("--moizvonki-port", type=int, default=0, help="0 picks a free port")
+    sandbox.add_argument(
+        "--host", type=_loopback, default="127.0.0.1", help="loopback address to bind"
+    )
+    port = _bounded(0, 65535)
+    sandbox.add_argument("--amocrm-port", type=port, default=0, help="0 picks a free port")
+    sandbox.add_argument("--moizvonki-port", type=port, default=0, help="0 picks a free port")
     return parser
+
+
+def _bounded(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _loopback(text: str) -> str:
+    # The emulators hold fake credentials and no auth worth the name: never on a network.
+    try:
+        if text == "localhost" or ipaddress.ip_address(text).is_loopback:
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("the sandbox binds only to loopback, e.g. 127.0.0.1")
 
 
 def _sandbox_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="same seed, same data (default 1)")
     parser.add_argument(
-        "--calls", type=int, default=3000, help="how many calls to generate (default 3000)"
+        "--calls",
+        type=_bounded(0, 2_000_000),
+        default=3000,
+        help="how many calls to generate (default 3000)",
     )
     parser.add_argument(
-        "--days", type=int, default=60, help="days of call history to generate (default 60)"
+        "--days",
+        type=_bounded(1, 3660),
+        default=60,
+        help="days of call history to generate (default 60)",
     )
 
 
@@ -92,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
 
     from .server import create_server
+    from .store import Store
 
     for service, missing in (
         ("amoCRM", settings.missing_amocrm()),
@@ -102,10 +137,17 @@ def _serve(args: argparse.Namespace) -> int:
                 "%s is not configured (set %s); its tools will say so", service, ", ".join(missing)
             )
     try:
-        create_server(settings).run()
+        store = Store(settings.db_path)
+    except (sqlite3.Error, OSError, RuntimeError) as exc:
+        if sandbox is not None:
+            sandbox.stop()
+        return _fail(f"cannot open the database {str(settings.db_path)!r} (TARITI_DB_PATH): {exc}")
+    try:
+        create_server(settings, store=store).run()
     except KeyboardInterrupt:
         pass
     finally:
+        store.close()
         if sandbox is not None:
             sandbox.stop()
         if scratch is not None:

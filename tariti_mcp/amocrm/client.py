@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
@@ -41,6 +43,8 @@ def api_path(path: str) -> str:
     text = (path or "").strip()
     if not text:
         raise InvalidArgument("path is empty: give an API path such as /api/v4/leads")
+    if len(text) > MAX_PATH:
+        raise InvalidArgument(f"path is longer than {MAX_PATH} characters")
     if "://" in text or text.startswith("//") or "\\" in text:
         raise InvalidArgument(
             "path must be a path on the configured account such as /api/v4/leads, "
@@ -70,12 +74,25 @@ def api_path(path: str) -> str:
     return text
 
 
+MAX_PATH = 1_000
+MAX_QUERY = 8_000  # characters once encoded; real filters are far shorter
+
+
 def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument("query values must be finite numbers")
+        if value.is_integer():
+            value = int(value)
+    try:
+        text = str(value)
+    except ValueError:  # an integer of thousands of digits
+        raise InvalidArgument("a number in query is too large") from None
+    if len(text) > MAX_QUERY:
+        raise InvalidArgument(f"a query value is longer than {MAX_QUERY} characters")
+    return text
 
 
 def flatten_query(query: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -114,6 +131,11 @@ def check_query(path: str, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str
     """Clamp ``limit`` and refuse filters amoCRM silently ignores. Returns pairs and notes."""
     notes = []
     checked = []
+    if len(urlencode(pairs)) > MAX_QUERY:
+        raise InvalidArgument(
+            f"the query is longer than {MAX_QUERY} characters once encoded: narrow it, or split "
+            "a long id list over several calls"
+        )
     for key, value in pairs:
         if key == "limit":
             try:
@@ -195,12 +217,18 @@ class AmoCrmClient:
     ) -> Answer:
         """Send one request; raise a ServiceError for anything but 2xx."""
         method = method.upper()
+        headers = {"Authorization": f"Bearer {self._token}"}
+        content = None
+        if body is not None:
+            try:
+                content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+            except (TypeError, ValueError):
+                raise InvalidArgument(
+                    "body holds a value that cannot be sent as JSON (a number too large?)"
+                ) from None
+            headers["Content-Type"] = "application/json"
         request = self._http.build_request(
-            method,
-            path,
-            params=query or None,
-            json=body if body is not None else None,
-            headers={"Authorization": f"Bearer {self._token}"},
+            method, path, params=query or None, content=content, headers=headers
         )
         response = await send(
             self._http,

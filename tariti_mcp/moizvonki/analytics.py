@@ -57,6 +57,8 @@ def period(
     elif last is None:
         last = max(first, today)
     assert first is not None and last is not None
+    if first.year < 2000:
+        raise InvalidArgument(f"the period starts in {first.year}: give dates from 2000 on")
     if last < first:
         raise InvalidArgument(f"date_to ({last}) is before date_from ({first}); swap them")
     if first > today:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,32 +50,63 @@ _REQUIRED = {
 }
 
 
+# Calls are recent: a time before 2000 is a misread value (YYYYMMDD taken as seconds, say).
+EARLIEST = 946_684_800  # 2000-01-01 UTC
+LATEST = 4_102_444_800  # 2100-01-01 UTC
+_WHOLE_NUMBERS = {
+    "from_id": (0, 2**53),
+    "from_offset": (0, 2**53),
+    "max_results": (1, 100),
+    "employee_id": (0, 2**53),
+    "supervised": (0, 1),
+}
+
+
 def _unix(value: Any, name: str, zone: ZoneInfo) -> int:
     """Unix seconds from a number or an ISO date/datetime read in the business time zone."""
     if isinstance(value, bool):
         raise InvalidArgument(f"{name} must be Unix seconds or an ISO date")
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 12:
+        value = int(value.strip())
     if isinstance(value, int | float):
+        if not math.isfinite(value) or not EARLIEST <= value < LATEST:
+            hint = " (that looks like milliseconds: divide by 1000)" if value > LATEST else ""
+            raise InvalidArgument(
+                f"{name} must be Unix seconds between 2000 and 2100, or an ISO date like "
+                f"2026-12-01{hint}"
+            )
         return int(value)
     text = str(value).strip()
-    if text.isdigit():
-        return int(text)
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise InvalidArgument(
-            f"{name} must be Unix seconds or an ISO date like 2026-12-01 (got {text!r})"
+            f"{name} must be Unix seconds or an ISO date like 2026-12-01 (got {text[:40]!r})"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return int(moment.timestamp())
+    return _unix(int(moment.timestamp()), name, zone)
+
+
+def _whole(value: Any, name: str) -> int:
+    low, high = _WHOLE_NUMBERS[name]
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 16:
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{name} must be a whole number from {low} to {high}")
+    return value
 
 
 def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
     if action not in ACTIONS:
         raise InvalidArgument(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
+    if not isinstance(params, dict):
+        raise InvalidArgument("params must be a JSON object of the action's parameters")
     allowed = PARAMETERS[action]
     if allowed is not None:
-        unknown = sorted(set(params) - allowed)
+        unknown = sorted(str(name)[:40] for name in set(params) - allowed)
         if unknown:
             accepted = ", ".join(sorted(allowed)) or "none"
             raise InvalidArgument(
@@ -85,6 +117,9 @@ def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[st
     if missing:
         raise InvalidArgument(f"{action} needs {', '.join(missing)}")
     checked = dict(params)
+    for name in _WHOLE_NUMBERS:
+        if name in checked:
+            checked[name] = _whole(checked[name], name)
     if action == "calls.list":
         if "from_date" not in checked and "from_id" not in checked:
             raise InvalidArgument(
@@ -93,14 +128,6 @@ def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[st
         for name in ("from_date", "to_date"):
             if name in checked:
                 checked[name] = _unix(checked[name], name, zone)
-        for name in ("from_id", "from_offset", "max_results"):
-            if name in checked:
-                try:
-                    checked[name] = int(checked[name])
-                except (TypeError, ValueError):
-                    raise InvalidArgument(f"{name} must be a whole number") from None
-        if "max_results" in checked and not 1 <= checked["max_results"] <= 100:
-            raise InvalidArgument("max_results must be between 1 and 100")
         checked.setdefault("supervised", 1)
     return checked
 

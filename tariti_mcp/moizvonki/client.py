@@ -60,10 +60,20 @@ class MoizvonkiClient:
 
     def _request(self, action: str, params: dict[str, Any], form: bool) -> httpx.Request:
         payload = {**params, "user_name": self.user, "api_key": self._key, "action": action}
+        try:
+            text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidArgument(
+                "params hold a value that cannot be sent as JSON (a number too large?)"
+            ) from None
         if form:
-            text = json.dumps(payload, ensure_ascii=False)
             return self._http.build_request("POST", self.api_url, data={"request_data": text})
-        return self._http.build_request("POST", self.api_url, json=payload)
+        return self._http.build_request(
+            "POST",
+            self.api_url,
+            content=text.encode(),
+            headers={"Content-Type": "application/json"},
+        )
 
     async def call(
         self,

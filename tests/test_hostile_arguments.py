@@ -1,0 +1,68 @@
+"""Hostile or malformed tool arguments get a specific error, never a bare crash."""
+
+import pytest
+from mcp import Client
+
+from tariti_mcp.server import create_server
+from tariti_mcp.store import Store
+
+HUGE = 10**5000
+
+CASES = [
+    ("call_amocrm_api", {"path": "/api/v4/leads/" + "1" * 70_000}, "longer than"),
+    ("call_amocrm_api", {"path": "/api/v4/leads", "query": {"query": "x" * 70_000}}, "longer"),
+    ("call_amocrm_api", {"path": "/api/v4/leads", "query": {"limit": HUGE}}, "too large"),
+    (
+        "call_amocrm_api",
+        {"path": "/api/v4/leads", "method": "POST", "body": [{"price": HUGE}]},
+        "cannot be sent",
+    ),
+    (
+        "call_amocrm_api",
+        {"path": "/api/v4/leads", "method": "POST", "body": "[{not json"},
+        "JSON object or array",
+    ),
+    (
+        "call_moizvonki_api",
+        {"action": "company.list_employee", "params": {"max_results": "abc"}},
+        "max_results must be a whole number",
+    ),
+    (
+        "call_moizvonki_api",
+        {"action": "company.list_group", "params": {"from_offset": [1]}},
+        "from_offset must be a whole number",
+    ),
+    (
+        "call_moizvonki_api",
+        {"action": "calls.list", "params": {"from_id": HUGE}},
+        "from_id must be a whole number",
+    ),
+    (
+        "call_moizvonki_api",
+        {"action": "calls.list", "params": {"from_date": "20261101"}},
+        "between 2000 and 2100",
+    ),
+    (
+        "call_moizvonki_api",
+        {"action": "calls.list", "params": {"from_date": 1796072400000}},
+        "milliseconds",
+    ),
+    ("call_moizvonki_api", {"action": "calls.list", "params": {"from_date": 1e300}}, "2100"),
+    (
+        "call_moizvonki_api",
+        {"action": "company.create_employee", "params": {"x": HUGE}},
+        "cannot be sent",
+    ),
+    ("get_moizvonki_analytics", {"date_to": "0001-01-01"}, "from 2000 on"),
+    ("get_moizvonki_analytics", {"date_from": "2026-02-30"}, "ISO date"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("tool", "arguments", "expected"), CASES)
+async def test_hostile_argument_is_explained(sandbox_settings, tool, arguments, expected):
+    async with Client(create_server(sandbox_settings, store=Store()), mode="legacy") as client:
+        result = await client.call_tool(tool, arguments)
+    text = result.content[0].text
+    assert result.is_error
+    assert expected in text, text
