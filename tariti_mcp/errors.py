@@ -100,8 +100,8 @@ class Unavailable(ServiceError):
 
 class OutcomeUnknown(Unavailable):
     advice = (
-        "The request was sent but no answer came back, so it may have been carried out. "
-        "Do not send it again before checking whether it took effect."
+        "The request reached the service but its outcome is unknown: it may have been "
+        "carried out. Do not send it again before checking whether it took effect."
     )
 
 
