@@ -14,8 +14,16 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AMOCRM_HOST_SUFFIXES = (".amocrm.ru", ".amocrm.com", ".kommo.com")
@@ -65,8 +73,10 @@ def normalize_amocrm_url(raw: str) -> str:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"AMOCRM_BASE_URL has an invalid port ({_describe(text)!r})") from exc
+    if parts.username or parts.password:
+        raise ConfigError("AMOCRM_BASE_URL must not contain a user name or password")
     path = parts.path.rstrip("/")
-    if path not in ("", "/api/v4") or parts.query or parts.fragment or parts.username:
+    if path not in ("", "/api/v4") or parts.query or parts.fragment:
         raise ConfigError(
             "AMOCRM_BASE_URL must be the account address only, like https://mycompany.amocrm.ru "
             f"(got {_describe(text)!r})"
@@ -111,8 +121,10 @@ def normalize_moizvonki_url(raw: str) -> str:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"MOIZVONKI_BASE_URL has an invalid port ({_describe(text)!r})") from exc
+    if parts.username or parts.password:
+        raise ConfigError("MOIZVONKI_BASE_URL must not contain a user name or password")
     path = parts.path.rstrip("/")
-    if path not in ("", "/api/v1") or parts.query or parts.fragment or parts.username:
+    if path not in ("", "/api/v1") or parts.query or parts.fragment:
         raise ConfigError(
             "MOIZVONKI_BASE_URL must be an account name, <account>.moizvonki.ru or "
             f"https://<account>.moizvonki.ru/api/v1 (got {_describe(text)!r})"
@@ -196,7 +208,7 @@ class Settings(BaseSettings):
     @field_validator("default_region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
+        if value.strip().upper() not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigError(
                 f"TARITI_DEFAULT_REGION must be a two-letter country code (got {value!r})"
             )
@@ -211,6 +223,15 @@ class Settings(BaseSettings):
                 f"TARITI_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {value!r})"
             )
         return level
+
+    @model_validator(mode="after")
+    def _sandbox_database(self) -> Settings:
+        # A server pointed at local emulators must not mix their data into the real store.
+        urls = [self.amocrm_base_url, self.moizvonki_base_url]
+        local = any(url and _is_loopback(urlsplit(url).hostname or "") for url in urls)
+        if local and "db_path" not in self.model_fields_set:
+            self.db_path = default_db_path().with_name("sandbox.db")
+        return self
 
     @property
     def zone(self) -> ZoneInfo:

@@ -204,8 +204,9 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         body: Annotated[
             Any,
             Field(
-                description="JSON body for POST/PATCH: an object, or an array of objects "
-                "(amoCRM creates and updates in arrays)."
+                description="JSON body for POST/PATCH. Collections (/api/v4/leads, "
+                "/api/v4/leads/123/notes...) take an array of objects (a single object is "
+                "wrapped); one entity (PATCH /api/v4/leads/123) takes an object."
             ),
         ] = None,
         all_pages: Annotated[
@@ -228,6 +229,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         with _as_tool_errors():
             client = state.require_amocrm()
             cap = min(max_pages, state.settings.amocrm_max_pages)
+            capped_by = "max_pages" if cap == max_pages else "the server's AMOCRM_MAX_PAGES"
             return _answer(
                 await call_api(
                     client,
@@ -238,6 +240,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                     _json_argument(body, "body"),
                     all_pages=all_pages,
                     max_pages=cap,
+                    capped_by=capped_by,
+                    zone=state.settings.zone,
                     progress=_progress(ctx),
                 )
             )
@@ -385,10 +389,18 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
     async def get_moizvonki_analytics(
         *,
         date_from: Annotated[
-            str, Field(description="First day, ISO date (2026-12-01), inclusive. Empty: today.")
+            str,
+            Field(
+                description="First day, ISO date (2026-12-01), inclusive. Empty: today, or "
+                "date_to's day when only date_to is given."
+            ),
         ] = "",
         date_to: Annotated[
-            str, Field(description="Last day, ISO date, inclusive. Empty: today.")
+            str,
+            Field(
+                description="Last day, ISO date, inclusive. Empty: today, or date_from's day "
+                "when date_from is also empty."
+            ),
         ] = "",
         ctx: Context,
     ) -> Answer:

@@ -162,3 +162,25 @@ def test_loopback_means_a_loopback_address_not_a_name_starting_with_127(raw):
         normalize_amocrm_url(raw)
     with pytest.raises(ConfigError, match="MOIZVONKI_BASE_URL"):
         normalize_moizvonki_url(raw)
+
+
+def test_settings_pointing_at_emulators_use_a_separate_database(monkeypatch):
+    monkeypatch.setenv("AMOCRM_BASE_URL", "http://127.0.0.1:8123")
+    settings = load_settings()
+    assert settings.db_path.name == "sandbox.db"
+    monkeypatch.setenv("TARITI_DB_PATH", "/tmp/chosen.db")
+    assert str(load_settings().db_path) == "/tmp/chosen.db"
+    monkeypatch.setenv("AMOCRM_BASE_URL", "https://acme.amocrm.ru")
+    monkeypatch.delenv("TARITI_DB_PATH")
+    assert load_settings().db_path.name == "tariti.db"
+
+
+def test_credentials_in_base_url_are_named_plainly():
+    with pytest.raises(ConfigError, match="user name or password"):
+        normalize_amocrm_url("https://user:pw@acme.amocrm.ru")
+
+
+def test_unknown_region_refused_at_start(monkeypatch):
+    monkeypatch.setenv("TARITI_DEFAULT_REGION", "XX")
+    with pytest.raises(ConfigError, match="TARITI_DEFAULT_REGION"):
+        load_settings()

@@ -235,3 +235,21 @@ async def test_upstream_echo_of_the_request_does_not_leak_the_key(respx_mock, cl
     respx_mock.post(URL).mock(side_effect=lambda r: httpx.Response(200, text=r.content.decode()))
     answer = await client.call("calls.get_sms_templates")
     assert KEY not in json.dumps(answer)
+
+
+def test_to_date_as_a_date_covers_that_whole_day():
+    from zoneinfo import ZoneInfo
+
+    checked = check_params(
+        "calls.list",
+        {"from_date": "2026-12-03", "to_date": "2026-12-03"},
+        ZoneInfo("Europe/Moscow"),
+    )
+    assert checked["to_date"] - checked["from_date"] == 86399
+
+
+def test_credentials_in_params_are_refused_for_the_right_reason():
+    from zoneinfo import ZoneInfo
+
+    with pytest.raises(InvalidArgument, match="server adds the login and key"):
+        check_params("calls.list", {"from_id": 1, "api_key": "x"}, ZoneInfo("UTC"))

@@ -83,9 +83,63 @@ async def test_all_pages_of_contacts(client, sandbox, store):
         {"path": "/api/v4/contacts", "query": {"limit": 100}, "all_pages": True, "max_pages": 50},
     )
     assert not error, result
-    assert result["has_more"] is False
+    assert result.get("fetched", result["count"]) == len(sandbox.amocrm.contacts)
+    assert result["pages_fetched"] == -(-len(sandbox.amocrm.contacts) // 100)
     ids = [row["id"] for row in store.query("SELECT id FROM amocrm_contacts")]
     assert len(ids) == len(set(ids)) == len(sandbox.amocrm.contacts)
+
+
+@pytest.mark.anyio
+async def test_cut_answer_resumes_exactly_after_the_last_item_shown(client, sandbox):
+    arguments = {"path": "/api/v4/leads", "query": {"limit": 250}}
+    error, first = await call(client, "call_amocrm_api", arguments)
+    assert not error, first
+    assert first["truncated"] is True and first["count"] < first["fetched"] == 250
+    resume = first["resume_query"]
+    error, second = await call(
+        client, "call_amocrm_api", {"path": "/api/v4/leads", "query": resume}
+    )
+    assert not error, second
+    everything = sorted(sandbox.amocrm.leads)
+    shown = [item["id"] for item in first["items"]]
+    assert shown == everything[: len(shown)]
+    assert second["items"][0]["id"] == everything[len(shown)]
+
+
+@pytest.mark.anyio
+async def test_single_object_post_to_a_collection_is_wrapped(client, sandbox):
+    error, result = await call(
+        client,
+        "call_amocrm_api",
+        {"method": "POST", "path": "/api/v4/leads", "body": {"name": "Одиночная сделка"}},
+    )
+    assert not error, result
+    created = (
+        result["data"]["_embedded"]["leads"][0]["id"]
+        if "data" in result
+        else result["items"][0]["id"]
+    )
+    assert sandbox.amocrm.leads[created]["name"] == "Одиночная сделка"
+    assert any("one-item array" in note for note in result["notes"])
+
+
+@pytest.mark.anyio
+async def test_iso_dates_in_time_filters_become_unix_seconds(client, sandbox):
+    day = dt.datetime.fromtimestamp(sandbox.data.now, MOSCOW).date() - dt.timedelta(days=30)
+    error, result = await call(
+        client,
+        "call_amocrm_api",
+        {
+            "path": "/api/v4/leads",
+            "query": {"filter[created_at][from]": day.isoformat(), "limit": 250},
+            "all_pages": True,
+        },
+    )
+    assert not error, result
+    start = int(dt.datetime.combine(day, dt.time(), MOSCOW).timestamp())
+    expected = {i for i, lead in sandbox.amocrm.leads.items() if lead["created_at"] >= start}
+    assert 0 < result.get("fetched", result["count"]) == len(expected)
+    assert any("Unix seconds" in note for note in result["notes"])
 
 
 @pytest.mark.anyio
@@ -305,9 +359,10 @@ async def test_calls_list_matches_emulator_and_is_cached(client, sandbox, store)
     expected = await raw_calls(sandbox, {"from_date": since})
     expected_ids = [c["db_call_id"] for c in expected]
     shown = [c["db_call_id"] for c in result["results"]]
-    assert result["count"] == len(expected) and result["has_more"] is False
+    assert result.get("fetched", result["count"]) == len(expected)
     if result.get("truncated"):  # a long answer is cut for the model, never for the store
         assert shown == expected_ids[: len(shown)] and "cut to" in result["notes"][-1]
+        assert result["next_offset"] == len(shown) and result["has_more"] is True
     else:
         assert shown == expected_ids
     assert result["results"][0]["user_account"]  # supervised=1 brings the owner fields

@@ -8,10 +8,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 from ..errors import InvalidArgument
 from ..store import Store
 from .client import (
+    DEFAULT_ZONE,
+    MAX_LIMIT,
     METHODS,
     AmoCrmClient,
     api_path,
@@ -19,12 +22,14 @@ from .client import (
     flatten_query,
     list_items,
     next_link,
+    wants_array,
 )
 
 logger = logging.getLogger(__name__)
 
 # The answer is read by a model: keep it well under what a context can take.
 MAX_ANSWER_CHARS = 60_000
+DEFAULT_LIMIT = 50  # amoCRM's page size when none is asked for
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
 _UPSERTS = {
@@ -97,20 +102,28 @@ async def call_api(
     *,
     all_pages: bool = False,
     max_pages: int = 10,
+    capped_by: str = "max_pages",
+    zone: ZoneInfo = DEFAULT_ZONE,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run one API call (or a walk over its pages) and shape the answer for the model."""
+    """Run one API call (or a walk over its pages) and shape the answer for the model.
+
+    ``capped_by`` names what set ``max_pages`` (the argument or the server's setting).
+    """
     method = method.upper().strip()
     if method not in METHODS:
         raise InvalidArgument(f"method must be one of {', '.join(METHODS)} (got {method!r})")
     path = api_path(path)
-    pairs, notes = check_query(path, flatten_query(query or {}))
+    pairs, notes = check_query(path, flatten_query(query or {}), zone)
     if method == "GET" and body not in (None, {}, []):
         raise InvalidArgument("a GET request takes no body: put filters in `query`")
     if method in ("POST", "PATCH") and body is None:
         raise InvalidArgument(f"{method} needs a body: a JSON object or an array of objects")
     if body is not None and not isinstance(body, dict | list):
         raise InvalidArgument("body must be a JSON object or an array of objects")
+    if method in ("POST", "PATCH") and isinstance(body, dict) and wants_array(path):
+        body = [body]
+        notes.append(f"the body was sent as a one-item array, as {path} requires")
 
     async def waiting(delay: float, message: str) -> None:
         if progress is not None:
@@ -175,7 +188,7 @@ async def call_api(
         if all_pages:
             result["stopped_early"] = True
             notes.append(
-                f"stopped after {pages} pages (max_pages); more remain: call again with "
+                f"stopped after {pages} pages ({capped_by}); more remain: call again with "
                 f"query page={next_page} or narrow the filter"
             )
         else:
@@ -184,10 +197,27 @@ async def call_api(
                 "or set all_pages=true"
             )
     result["items"] = _strip_links(collected)
-    return _finish(result, notes)
+    limit = int(dict(pairs).get("limit", DEFAULT_LIMIT))
+    return _finish(result, notes, first_page if isinstance(first_page, int) else None, limit)
 
 
-def _finish(result: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+def _resume(first_page: int, limit: int, shown: int) -> dict[str, int]:
+    """A page and limit whose page starts right after the last item shown.
+
+    The items shown are the first ``shown`` of the list that starts at ``first_page`` pages of
+    ``limit``; a smaller limit that divides that offset continues exactly there.
+    """
+    offset = (first_page - 1) * limit + shown
+    size = next(k for k in range(min(shown, MAX_LIMIT), 0, -1) if offset % k == 0)
+    return {"page": offset // size + 1, "limit": size}
+
+
+def _finish(
+    result: dict[str, Any],
+    notes: list[str],
+    first_page: int | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> dict[str, Any]:
     """Attach notes and cut the answer to a size a model can read."""
     if notes:
         result["notes"] = notes
@@ -203,11 +233,23 @@ def _finish(result: dict[str, Any], notes: list[str]) -> dict[str, Any]:
                 break
             kept.append(item)
         result["items"] = kept
+        result["count"] = len(kept)
+        result["fetched"] = len(items)
         result["truncated"] = True
+        entity = result.get("entity", "items")
+        advice = "narrow the filter"
+        if first_page is not None and kept:
+            resume = _resume(first_page, limit, len(kept))
+            result["resume_query"] = resume
+            result["has_more"] = True
+            result.pop("next_page", None)
+            advice = (
+                f"to continue right after the last one shown, repeat the query with "
+                f"page={resume['page']} and limit={resume['limit']}, or narrow the filter"
+            )
         result.setdefault("notes", []).append(
-            f"answer cut to {len(kept)} of {len(items)} {result.get('entity', 'items')} to stay "
-            "readable (all were saved to the local store); ask for fewer with a smaller limit, "
-            "a filter, or a later page"
+            f"answer cut to {len(kept)} of {len(items)} {entity} fetched, to stay readable; "
+            f"{advice}"
         )
         return result
     text = json.dumps(result.get("data"), ensure_ascii=False, default=str)

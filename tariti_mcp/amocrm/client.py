@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -74,6 +76,7 @@ def api_path(path: str) -> str:
     return text
 
 
+DEFAULT_ZONE = ZoneInfo("Europe/Moscow")
 MAX_PATH = 1_000
 MAX_QUERY = 8_000  # characters once encoded; real filters are far shorter
 
@@ -127,8 +130,35 @@ def flatten_query(query: Mapping[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_query(path: str, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
-    """Clamp ``limit`` and refuse filters amoCRM silently ignores. Returns pairs and notes."""
+# Time filters take Unix seconds; amoCRM ignores anything else without a word.
+_TIME_FILTER = re.compile(r"^filter\[\w+_(at|till)\](\[(from|to)\])?(\[\])?$")
+
+
+def _filter_seconds(key: str, value: str, zone: ZoneInfo) -> str | None:
+    """Unix seconds for an ISO date or datetime in a time filter; None if it is not one.
+
+    A bare date means its first second for ``[from]`` and its last second for ``[to]``.
+    """
+    if not re.match(r"^\d{4}-\d{2}-\d{2}", value):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"{key} must be Unix seconds or an ISO date like 2026-12-01 (got {value[:40]!r})"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    if key.endswith("[to]") and len(value) == 10:
+        moment += dt.timedelta(days=1, seconds=-1)
+    return str(int(moment.timestamp()))
+
+
+def check_query(
+    path: str, pairs: list[tuple[str, str]], zone: ZoneInfo = DEFAULT_ZONE
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Clamp ``limit``, turn ISO dates in time filters into Unix seconds, and refuse filters
+    amoCRM silently ignores. Returns the pairs to send and notes for the model."""
     notes = []
     checked = []
     if len(urlencode(pairs)) > MAX_QUERY:
@@ -148,6 +178,11 @@ def check_query(path: str, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str
                 value = str(MAX_LIMIT)
             elif limit < 1:
                 raise InvalidArgument("limit must be between 1 and 250")
+        if _TIME_FILTER.match(key):
+            seconds = _filter_seconds(key, value, zone)
+            if seconds is not None:
+                notes.append(f"{key}={value} was sent as Unix seconds {seconds} ({zone.key})")
+                value = seconds
         if path.rstrip("/") == "/api/v4/leads" and key.startswith("filter[status_id]"):
             raise InvalidArgument(
                 "filter[status_id] is not a lead filter: amoCRM ignores it and returns leads of "
@@ -156,6 +191,20 @@ def check_query(path: str, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str
             )
         checked.append((key, value))
     return checked, notes
+
+
+# Endpoints whose body is an array of objects; a single object sent there is wrapped.
+_ARRAY_BODIES = re.compile(
+    r"^/api/v4/(?:(?:leads|contacts|companies|customers|tasks|calls)"
+    r"|leads/complex|leads/unsorted/(?:forms|sip)|leads/pipelines"
+    r"|leads/pipelines/\d+/statuses"
+    r"|(?:leads|contacts|companies|customers)(?:/\d+)?/(?:notes|tags|link|unlink)"
+    r"|(?:leads|contacts|companies|customers)/custom_fields)$"
+)
+
+
+def wants_array(path: str) -> bool:
+    return bool(_ARRAY_BODIES.match(path))
 
 
 def list_items(body: Any) -> tuple[str, list[Any]] | None:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from ..errors import InvalidArgument, ServiceError
 from ..store import Store
 from . import analytics
-from .client import ACTIONS, PAGED_ACTIONS, MoizvonkiClient
+from .client import ACTIONS, PAGED_ACTIONS, RESERVED, MoizvonkiClient
 from .sync import CALLS, sync_calls, sync_employees
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ def _unix(value: Any, name: str, zone: ZoneInfo) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
+    if name == "to_date" and len(text) == 10:
+        # A bare date as the upper bound means the whole of that day.
+        moment += dt.timedelta(days=1, seconds=-1)
     return _unix(int(moment.timestamp()), name, zone)
 
 
@@ -104,6 +107,11 @@ def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[st
         raise InvalidArgument(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
     if not isinstance(params, dict):
         raise InvalidArgument("params must be a JSON object of the action's parameters")
+    reserved = sorted(name for name in params if name in RESERVED)
+    if reserved:
+        raise InvalidArgument(
+            f"params must not contain {', '.join(reserved)}: the server adds the login and key"
+        )
     allowed = PARAMETERS[action]
     if allowed is not None:
         unknown = sorted(str(name)[:40] for name in set(params) - allowed)
@@ -203,11 +211,17 @@ async def call_action(
                 break
             kept.append(row)
         result["results"] = kept
+        result["count"] = len(kept)
+        result["fetched"] = len(results)
         result["truncated"] = True
-        notes.append(
-            f"answer cut to {len(kept)} of {len(results)} rows to stay readable (all were saved "
-            "to the local store); for call statistics use get_moizvonki_analytics"
-        )
+        result["has_more"] = True
+        resume = int(checked.get("from_offset") or 0) + len(kept)
+        result["next_offset"] = resume
+        notes = [
+            f"answer cut to {len(kept)} of {len(results)} rows fetched, to stay readable; to "
+            f"continue right after the last one shown, repeat with from_offset={resume}. "
+            "For call statistics use get_moizvonki_analytics"
+        ]
     if notes:
         result["notes"] = notes
     return result
