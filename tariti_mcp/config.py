@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,37 @@ def _describe(url: str) -> str:
     return f"{parts.scheme + '://' if parts.scheme else ''}{host}{port}{parts.path}"
 
 
+@dataclass(frozen=True)
+class _Address:
+    scheme: str
+    host: str
+    port: int | None
+    loopback_origin: str  # scheme://host[:port] when the host is loopback, else ""
+
+
+def _address(text: str, variable: str, api_path: str, example: str) -> _Address:
+    """Split a base URL both services accept, refusing what neither can use."""
+    parts = urlsplit(text if "://" in text else "https://" + text)
+    try:
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{variable} has an invalid port ({_describe(text)!r})") from exc
+    if parts.username or parts.password:
+        raise ConfigError(f"{variable} must not contain a user name or password")
+    if parts.path.rstrip("/") not in ("", api_path) or parts.query or parts.fragment:
+        raise ConfigError(f"{variable} must look like {example} (got {_describe(text)!r})")
+    origin = ""
+    if _is_loopback(host):
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(f"{variable} must use http or https (got {_describe(text)!r})")
+        netloc = f"[{host}]" if ":" in host else host
+        origin = f"{parts.scheme}://{netloc}{f':{port}' if port else ''}"
+    elif parts.scheme != "https" or port not in (None, 443):
+        raise ConfigError(f"{variable} must use https on port 443 (got {_describe(text)!r})")
+    return _Address(parts.scheme, host, port, origin)
+
+
 def normalize_amocrm_url(raw: str) -> str:
     """Return ``https://sub.amocrm.ru`` style origin, or raise ConfigError.
 
@@ -67,40 +99,17 @@ def normalize_amocrm_url(raw: str) -> str:
     text = raw.strip()
     if not text:
         return ""
-    parts = urlsplit(text if "://" in text else "https://" + text)
-    try:
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"AMOCRM_BASE_URL has an invalid port ({_describe(text)!r})") from exc
-    if parts.username or parts.password:
-        raise ConfigError("AMOCRM_BASE_URL must not contain a user name or password")
-    path = parts.path.rstrip("/")
-    if path not in ("", "/api/v4") or parts.query or parts.fragment:
-        raise ConfigError(
-            "AMOCRM_BASE_URL must be the account address only, like https://mycompany.amocrm.ru "
-            f"(got {_describe(text)!r})"
-        )
-    if _is_loopback(host):
-        if parts.scheme not in ("http", "https"):
-            raise ConfigError(f"AMOCRM_BASE_URL must use http or https (got {_describe(text)!r})")
-        netloc = f"[{host}]" if ":" in host else host
-        return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}"
-    if parts.scheme != "https":
-        raise ConfigError(f"AMOCRM_BASE_URL must use https (got {_describe(text)!r})")
-    suffix = next((s for s in AMOCRM_HOST_SUFFIXES if host.endswith(s)), None)
-    subdomain = host[: -len(suffix)] if suffix else ""
-    if (
-        not suffix
-        or not _SUBDOMAIN.match(subdomain)
-        or subdomain == "www"
-        or port not in (None, 443)
-    ):
+    address = _address(text, "AMOCRM_BASE_URL", "/api/v4", "https://mycompany.amocrm.ru")
+    if address.loopback_origin:
+        return address.loopback_origin
+    suffix = next((s for s in AMOCRM_HOST_SUFFIXES if address.host.endswith(s)), None)
+    subdomain = address.host[: -len(suffix)] if suffix else ""
+    if not suffix or not _SUBDOMAIN.match(subdomain) or subdomain == "www":
         raise ConfigError(
             "AMOCRM_BASE_URL must be your account's own host, https://<subdomain>.amocrm.ru, "
             f".amocrm.com or .kommo.com (got {_describe(text)!r})"
         )
-    return f"https://{host}"
+    return f"https://{address.host}"
 
 
 def normalize_moizvonki_url(raw: str) -> str:
@@ -115,34 +124,18 @@ def normalize_moizvonki_url(raw: str) -> str:
         return MOIZVONKI_DEFAULT_URL
     if _SUBDOMAIN.match(text.lower()):
         return f"https://{text.lower()}.moizvonki.ru/api/v1"
-    parts = urlsplit(text if "://" in text else "https://" + text)
-    try:
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"MOIZVONKI_BASE_URL has an invalid port ({_describe(text)!r})") from exc
-    if parts.username or parts.password:
-        raise ConfigError("MOIZVONKI_BASE_URL must not contain a user name or password")
-    path = parts.path.rstrip("/")
-    if path not in ("", "/api/v1") or parts.query or parts.fragment:
+    address = _address(
+        text, "MOIZVONKI_BASE_URL", "/api/v1", "https://<account>.moizvonki.ru/api/v1"
+    )
+    if address.loopback_origin:
+        return address.loopback_origin + "/api/v1"
+    account = address.host.removesuffix(".moizvonki.ru")
+    if account == address.host or not _SUBDOMAIN.match(account):
         raise ConfigError(
-            "MOIZVONKI_BASE_URL must be an account name, <account>.moizvonki.ru or "
+            "MOIZVONKI_BASE_URL must be on moizvonki.ru, like "
             f"https://<account>.moizvonki.ru/api/v1 (got {_describe(text)!r})"
         )
-    if _is_loopback(host):
-        if parts.scheme not in ("http", "https"):
-            raise ConfigError(
-                f"MOIZVONKI_BASE_URL must use http or https (got {_describe(text)!r})"
-            )
-        netloc = f"[{host}]" if ":" in host else host
-        return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}/api/v1"
-    account = host[: -len(".moizvonki.ru")] if host.endswith(".moizvonki.ru") else ""
-    if parts.scheme != "https" or not _SUBDOMAIN.match(account) or port not in (None, 443):
-        raise ConfigError(
-            "MOIZVONKI_BASE_URL must be on moizvonki.ru over https, like "
-            f"https://<account>.moizvonki.ru/api/v1 (got {_describe(text)!r})"
-        )
-    return f"https://{host}/api/v1"
+    return f"https://{address.host}/api/v1"
 
 
 class Settings(BaseSettings):

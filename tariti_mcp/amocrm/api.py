@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
+from ..answers import MAX_ANSWER_CHARS, cut_list, size
 from ..errors import InvalidArgument
 from ..store import Store
 from .client import (
@@ -27,8 +28,6 @@ from .client import (
 
 logger = logging.getLogger(__name__)
 
-# The answer is read by a model: keep it well under what a context can take.
-MAX_ANSWER_CHARS = 60_000
 DEFAULT_LIMIT = 50  # amoCRM's page size when none is asked for
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
@@ -54,10 +53,6 @@ def _strip_links(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip_links(v) for v in value]
     return value
-
-
-def _size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
 
 
 def _page_of(href: str | None) -> int | None:
@@ -221,18 +216,12 @@ def _finish(
     """Attach notes and cut the answer to a size a model can read."""
     if notes:
         result["notes"] = notes
-    if _size(result) <= MAX_ANSWER_CHARS:
-        return result
     items = result.get("items")
     if isinstance(items, list) and items:
-        budget = MAX_ANSWER_CHARS - _size({**result, "items": []}) - 400
-        kept, used = [], 0
-        for item in items:
-            used += _size(item) + 1
-            if used > budget:
-                break
-            kept.append(item)
-        result["items"] = kept
+        shown = cut_list(result, "items")
+        if shown is None:
+            return result
+        kept = result["items"]
         result["count"] = len(kept)
         result["fetched"] = len(items)
         result["truncated"] = True
@@ -251,6 +240,8 @@ def _finish(
             f"answer cut to {len(kept)} of {len(items)} {entity} fetched, to stay readable; "
             f"{advice}"
         )
+        return result
+    if size(result) <= MAX_ANSWER_CHARS:
         return result
     text = json.dumps(result.get("data"), ensure_ascii=False, default=str)
     result["data"] = None

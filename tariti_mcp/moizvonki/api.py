@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import time
@@ -11,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..answers import cut_list
 from ..errors import InvalidArgument, ServiceError
 from ..store import Store
 from . import analytics
@@ -20,7 +20,6 @@ from .sync import CALLS, sync_calls, sync_employees
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
-MAX_ANSWER_CHARS = 60_000
 
 # Parameter names each action takes. An unknown name is silently ignored by Moizvonki (and the
 # same first page comes back forever), so it is refused here. None: not documented, not checked.
@@ -140,10 +139,6 @@ def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[st
     return checked
 
 
-def _size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, default=str))
-
-
 async def call_action(
     client: MoizvonkiClient,
     store: Store | None,
@@ -201,16 +196,9 @@ async def call_action(
             "(assign it, do not add it) or set all_pages=true"
         )
     result["results"] = results
-    if _size(result) > MAX_ANSWER_CHARS:
-        kept: list[Any] = []
-        budget = MAX_ANSWER_CHARS - _size({**result, "results": []}) - 400
-        used = 0
-        for row in results:
-            used += _size(row) + 1
-            if used > budget:
-                break
-            kept.append(row)
-        result["results"] = kept
+    shown = cut_list(result, "results")
+    if shown is not None:
+        kept = result["results"]
         result["count"] = len(kept)
         result["fetched"] = len(results)
         result["truncated"] = True
