@@ -150,6 +150,11 @@ class Settings(BaseSettings):
 
     amocrm_base_url: str = Field("", validation_alias="AMOCRM_BASE_URL")
     amocrm_api_key: SecretStr = Field(SecretStr(""), validation_alias="AMOCRM_API_KEY")
+    amocrm_client_id: str = Field("", validation_alias="AMOCRM_CLIENT_ID")
+    amocrm_client_secret: SecretStr = Field(SecretStr(""), validation_alias="AMOCRM_CLIENT_SECRET")
+    amocrm_redirect_uri: str = Field("", validation_alias="AMOCRM_REDIRECT_URI")
+    amocrm_refresh_token: SecretStr = Field(SecretStr(""), validation_alias="AMOCRM_REFRESH_TOKEN")
+    amocrm_auth_code: SecretStr = Field(SecretStr(""), validation_alias="AMOCRM_AUTH_CODE")
     amocrm_max_pages: int = Field(20, ge=1, le=200, validation_alias="AMOCRM_MAX_PAGES")
     amocrm_rate_limit: float = Field(7.0, gt=0, le=7.0, validation_alias="AMOCRM_RATE_LIMIT")
 
@@ -181,7 +186,13 @@ class Settings(BaseSettings):
     def _strip_user(cls, value: str) -> str:
         return value.strip()
 
-    @field_validator("amocrm_api_key", "moizvonki_api_key")
+    @field_validator(
+        "amocrm_api_key",
+        "moizvonki_api_key",
+        "amocrm_client_secret",
+        "amocrm_refresh_token",
+        "amocrm_auth_code",
+    )
     @classmethod
     def _strip_secret(cls, value: SecretStr) -> SecretStr:
         # A key pasted with a trailing newline is the most common auth failure.
@@ -231,8 +242,20 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
     @property
+    def amocrm_oauth(self) -> bool:
+        """OAuth mode: the integration's id, secret and redirect URI, and no long-lived token."""
+        return bool(
+            self.amocrm_client_id
+            and self.amocrm_client_secret.get_secret_value()
+            and self.amocrm_redirect_uri
+            and not self.amocrm_api_key.get_secret_value()
+        )
+
+    @property
     def amocrm_configured(self) -> bool:
-        return bool(self.amocrm_base_url and self.amocrm_api_key.get_secret_value())
+        return bool(
+            self.amocrm_base_url and (self.amocrm_api_key.get_secret_value() or self.amocrm_oauth)
+        )
 
     @property
     def moizvonki_configured(self) -> bool:
@@ -242,8 +265,11 @@ class Settings(BaseSettings):
         missing = []
         if not self.amocrm_base_url:
             missing.append("AMOCRM_BASE_URL")
-        if not self.amocrm_api_key.get_secret_value():
-            missing.append("AMOCRM_API_KEY")
+        if not self.amocrm_api_key.get_secret_value() and not self.amocrm_oauth:
+            missing.append(
+                "AMOCRM_API_KEY (or AMOCRM_CLIENT_ID, AMOCRM_CLIENT_SECRET and "
+                "AMOCRM_REDIRECT_URI for OAuth)"
+            )
         return missing
 
     def missing_moizvonki(self) -> list[str]:
@@ -261,6 +287,9 @@ class Settings(BaseSettings):
             for value in (
                 self.amocrm_api_key.get_secret_value(),
                 self.moizvonki_api_key.get_secret_value(),
+                self.amocrm_client_secret.get_secret_value(),
+                self.amocrm_refresh_token.get_secret_value(),
+                self.amocrm_auth_code.get_secret_value(),
             )
             if value
         ]

@@ -20,6 +20,7 @@ from . import __version__
 from .amocrm import leads as amocrm_leads
 from .amocrm.api import call_api
 from .amocrm.client import AmoCrmClient
+from .amocrm.tokens import amocrm_credentials
 from .config import Settings
 from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
 from .moizvonki.api import analytics_report, call_action
@@ -125,9 +126,10 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         database = store if store is not None else Store(settings.db_path)
         amocrm = None
         if settings.amocrm_configured:
+            credentials = await amocrm_credentials(settings, database)
             amocrm = AmoCrmClient(
                 settings.amocrm_base_url,
-                settings.amocrm_api_key.get_secret_value(),
+                credentials,
                 timeout=settings.http_timeout,
                 rate_limit=settings.amocrm_rate_limit,
             )
@@ -148,6 +150,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         try:
             yield AppState(settings, database, amocrm, moizvonki)
         finally:
+            if amocrm is not None:
+                await amocrm.credentials.aclose()
             for client in (amocrm, moizvonki):
                 if client is not None:
                     await client.aclose()

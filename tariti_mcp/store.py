@@ -22,7 +22,7 @@ from . import phones
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # A column value the answer did not carry: keep what the store already has.
 UNKNOWN: Any = object()
@@ -188,7 +188,27 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1]
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    # The OAuth pair lives here so a restart, or a second process, finds the newest one.
+    db["amocrm_tokens"].create(
+        {
+            "account": str,
+            "access_token": str,
+            "refresh_token": str,
+            "expires_at": int,
+            "state": str,
+            "last_error": str,
+            "updated_at": int,
+        },
+        pk="account",
+    )
+    db["amocrm_token_seeds"].create(
+        {"digest": str, "account": str, "used_at": int},
+        pk="digest",
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2]
 
 
 def _create_private(path: Path) -> None:
@@ -409,6 +429,65 @@ class Store:
     def forwarding(self, forwarding_id: str) -> dict[str, Any] | None:
         rows = list(self.db["forwarded_leads"].rows_where("id = ?", [forwarding_id]))
         return rows[0] if rows else None
+
+    # --- amoCRM OAuth tokens ------------------------------------------------------------------
+
+    def token_pair(self, account: str) -> dict[str, Any] | None:
+        rows = list(self.query("SELECT * FROM amocrm_tokens WHERE account = ?", [account]))
+        return rows[0] if rows else None
+
+    def save_token_pair(
+        self,
+        account: str,
+        *,
+        access_token: str,
+        refresh_token: str,
+        expires_at: int,
+        seed_digest: str | None = None,
+    ) -> None:
+        """Replace the account's pair in one transaction, durable before the pair is used."""
+        now = _now()
+        with self.db.conn:
+            self.db.execute(
+                """
+                INSERT INTO amocrm_tokens (account, access_token, refresh_token, expires_at,
+                                           state, last_error, updated_at)
+                VALUES (?, ?, ?, ?, 'valid', NULL, ?)
+                ON CONFLICT(account) DO UPDATE SET
+                    access_token = excluded.access_token,
+                    refresh_token = excluded.refresh_token,
+                    expires_at = excluded.expires_at,
+                    state = 'valid', last_error = NULL, updated_at = excluded.updated_at
+                """,
+                [account, access_token, refresh_token, expires_at, now],
+            )
+            if seed_digest is not None:
+                self._insert_seed(account, seed_digest)
+
+    def mark_tokens_refused(self, account: str, reason: str) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE amocrm_tokens SET state = 'refused', last_error = ?, updated_at = ? "
+                "WHERE account = ?",
+                [reason, _now(), account],
+            )
+
+    def remember_seed(self, account: str, digest: str) -> None:
+        with self.db.conn:
+            self._insert_seed(account, digest)
+
+    def _insert_seed(self, account: str, digest: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO amocrm_token_seeds (digest, account, used_at) VALUES (?, ?, ?)",
+            [digest, account, _now()],
+        )
+
+    def seed_used(self, account: str, digest: str) -> bool:
+        found = self.query(
+            "SELECT 1 AS used FROM amocrm_token_seeds WHERE digest = ? AND account = ?",
+            [digest, account],
+        )
+        return next(found, None) is not None
 
     # --- Moizvonki ----------------------------------------------------------------------------
 

@@ -150,7 +150,7 @@ def test_bad_timezone_refused(monkeypatch):
 def test_unconfigured_service_lists_variables():
     settings = Settings(_env_file=None, amocrm_base_url="https://acme.amocrm.ru")
     assert not settings.amocrm_configured
-    assert settings.missing_amocrm() == ["AMOCRM_API_KEY"]
+    assert settings.missing_amocrm()[0].startswith("AMOCRM_API_KEY (or AMOCRM_CLIENT_ID")
     assert settings.missing_moizvonki() == ["MOIZVONKI_USER", "MOIZVONKI_API_KEY"]
 
 
@@ -184,3 +184,15 @@ def test_unknown_region_refused_at_start(monkeypatch):
     monkeypatch.setenv("TARITI_DEFAULT_REGION", "XX")
     with pytest.raises(ConfigError, match="TARITI_DEFAULT_REGION"):
         load_settings()
+
+
+def test_oauth_mode_needs_id_secret_and_redirect(monkeypatch):
+    monkeypatch.setenv("AMOCRM_BASE_URL", "https://acme.amocrm.ru")
+    monkeypatch.setenv("AMOCRM_CLIENT_ID", "client-1")
+    monkeypatch.setenv("AMOCRM_CLIENT_SECRET", "secret-0123456789")
+    assert not load_settings().amocrm_configured
+    monkeypatch.setenv("AMOCRM_REDIRECT_URI", "http://127.0.0.1:8765/callback")
+    settings = load_settings()
+    assert settings.amocrm_oauth and settings.amocrm_configured
+    monkeypatch.setenv("AMOCRM_API_KEY", "long-lived-0123456789")
+    assert not load_settings().amocrm_oauth  # the long-lived token wins

@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from ..errors import AMOCRM, BadAnswer, InvalidArgument, amocrm_error
+from ..errors import AMOCRM, AccountBlocked, BadAnswer, InvalidArgument, amocrm_error
 from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, rate_limiter, send
+from .tokens import Credentials, LongLivedToken
 
 logger = logging.getLogger(__name__)
 
@@ -228,12 +229,16 @@ def next_link(body: Any) -> str | None:
 
 
 class AmoCrmClient:
-    """Requests to one amoCRM account, all through one rate limit."""
+    """Requests to one amoCRM account, all through one rate limit.
+
+    After amoCRM's blocked-account page (403 HTML) the client sends nothing more: every further
+    request would prolong the block, which only amoCRM support can lift.
+    """
 
     def __init__(
         self,
         base_url: str,
-        token: str,
+        credentials: Credentials | str,
         *,
         timeout: float = 30.0,
         rate_limit: float = 7.0,
@@ -242,18 +247,21 @@ class AmoCrmClient:
     ) -> None:
         self._policy = retry_policy
         self.base_url = base_url.rstrip("/")
-        self._token = token
-        self._http = build_client(
+        if isinstance(credentials, str):
+            credentials = LongLivedToken(credentials)
+        self.credentials = credentials
+        self.http = build_client(
             self.base_url, timeout, {"Accept": "application/hal+json"}, transport=transport
         )
         self._limiter = rate_limiter(rate_limit)
+        self.blocked: AccountBlocked | None = None
 
     @property
     def host(self) -> str:
         return urlsplit(self.base_url).netloc
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.http.aclose()
 
     async def request(
         self,
@@ -265,8 +273,9 @@ class AmoCrmClient:
         on_wait: WaitCallback | None = None,
     ) -> Answer:
         """Send one request; raise a ServiceError for anything but 2xx."""
+        if self.blocked is not None:
+            raise self.blocked
         method = method.upper()
-        headers = {"Authorization": f"Bearer {self._token}"}
         content = None
         if body is not None:
             try:
@@ -275,23 +284,33 @@ class AmoCrmClient:
                 raise InvalidArgument(
                     "body holds a value that cannot be sent as JSON (a number too large?)"
                 ) from None
-            headers["Content-Type"] = "application/json"
-        request = self._http.build_request(
-            method, path, params=query or None, content=content, headers=headers
-        )
-        response = await send(
-            self._http,
-            request,
-            service=AMOCRM,
-            idempotent=method == "GET",
-            limiter=self._limiter,
-            on_wait=on_wait,
-            policy=self._policy,
-        )
+        try:
+            return await self._authorized(method, path, query, content, on_wait)
+        except AccountBlocked as exc:
+            if self.blocked is None:
+                logger.warning("amoCRM blocked this account; no more requests until restart")
+            self.blocked = exc
+            raise
+
+    async def _authorized(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None,
+        content: bytes | None,
+        on_wait: WaitCallback | None,
+    ) -> Answer:
+        token = await self.credentials.token()
+        response = await self._send(method, path, query, content, token, on_wait)
+        if response.status_code == 401:
+            # A 401 means nothing was done, so even a write may go again with a fresh token.
+            fresh = await self.credentials.refresh(token)
+            if fresh is not None:
+                response = await self._send(method, path, query, content, fresh, on_wait)
         request_id = response.headers.get("x-request-id")
         logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
         if response.status_code >= 300:
-            raise amocrm_error(response, write=method != "GET", secrets=(self._token,))
+            raise amocrm_error(response, write=method != "GET", secrets=self.credentials.secrets)
         if response.status_code == 204 or not response.content.strip():
             return Answer(response.status_code, None, request_id)
         try:
@@ -306,6 +325,31 @@ class AmoCrmClient:
                 request_id=request_id,
             ) from None
         return Answer(response.status_code, parsed, request_id)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None,
+        content: bytes | None,
+        token: str,
+        on_wait: WaitCallback | None,
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        request = self.http.build_request(
+            method, path, params=query or None, content=content, headers=headers
+        )
+        return await send(
+            self.http,
+            request,
+            service=AMOCRM,
+            idempotent=method == "GET",
+            limiter=self._limiter,
+            on_wait=on_wait,
+            policy=self._policy,
+        )
 
     def follow(self, href: str) -> tuple[str, list[tuple[str, str]]] | None:
         """Path and query of a ``_links.next`` href, if it stays on this account's host."""
