@@ -59,7 +59,7 @@ def test_sandbox_flags_are_checked():
         assert done.returncode == 2 and "error: argument" in done.stderr
 
 
-def test_sandbox_prints_exactly_the_five_settings(tmp_path):
+def test_sandbox_prints_exactly_the_nine_settings(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMOCRM_", "MOIZVONKI_"))}
     process = subprocess.Popen(
         [sys.executable, "-m", "tariti_mcp", "sandbox", "--calls", "200"],
@@ -70,17 +70,26 @@ def test_sandbox_prints_exactly_the_five_settings(tmp_path):
         cwd=tmp_path,
     )
     try:
-        lines = [process.stdout.readline().strip() for _ in range(5)]
+        lines = [process.stdout.readline().strip() for _ in range(9)]
     finally:
         process.terminate()
         process.wait(timeout=20)
+        rest = process.stdout.read()
         process.stdout.close()
-    keys = [line.split("=", 1)[0] for line in lines]
-    assert keys == [
+    assert rest == ""
+    settings = dict(line.split("=", 1) for line in lines)
+    assert list(settings) == [
         "AMOCRM_BASE_URL",
         "AMOCRM_API_KEY",
         "MOIZVONKI_BASE_URL",
         "MOIZVONKI_USER",
         "MOIZVONKI_API_KEY",
+        "AMOCRM_CLIENT_ID",
+        "AMOCRM_CLIENT_SECRET",
+        "AMOCRM_REDIRECT_URI",
+        "AMOCRM_REFRESH_TOKEN",
     ]
     assert lines[0].startswith("AMOCRM_BASE_URL=http://127.0.0.1:")
+    assert len(settings["AMOCRM_CLIENT_SECRET"]) >= 32
+    assert settings["AMOCRM_REDIRECT_URI"].startswith("http://127.0.0.1:")
+    assert all(settings.values())

@@ -10,11 +10,13 @@ import hmac
 import json
 import logging
 import re
+import secrets
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,10 +24,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .data import LOST_STATUS_ID, WON_STATUS_ID, SandboxData, digits_only, field_value
+from .oauth import EXPIRED, OAuthClient, OAuthRefusal, TokenIssuer
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v4"
+TOKEN_PATH = "/oauth2/access_token"
+CONSENT_PATH = "/oauth"
+# Requests per second per integration, the official figure.
+RATE_LIMIT = 7
+RATE_WINDOW = 1.0
+BLOCK_WINDOW = 60.0
 ENTITIES = ("leads", "contacts", "companies")
 MAX_LIMIT = 250
 DEFAULT_LIMIT = 50
@@ -180,10 +189,30 @@ def _problem_response(problem: _Problem) -> Response:
     )
 
 
+def _html(status: int, title: str, text: str) -> Response:
+    return Response(
+        f"<!DOCTYPE html><html><head><title>{title}</title></head>"
+        f"<body><h1>{text}</h1></body></html>",
+        status_code=status,
+        media_type="text/html",
+    )
+
+
 def _hal(body: Any, status: int = 200) -> Response:
     return Response(
         json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/hal+json"
     )
+
+
+def _too_many_requests() -> Response:
+    # The real 429 body is not JSON; emulator's choice: this text and Retry-After of 1 s.
+    return Response(
+        "Too Many Requests", status_code=429, media_type="text/plain", headers={"Retry-After": "1"}
+    )
+
+
+def _is_api(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
 
 def _no_content() -> Response:
@@ -265,10 +294,39 @@ def _split_with(request: Request) -> set[str]:
 
 
 class AmoCrmEmulator:
-    """An amoCRM account on loopback: one long-lived token, seeded entities, real API quirks."""
+    """An amoCRM account on loopback: one long-lived token, seeded entities, real API quirks.
 
-    def __init__(self, data: SandboxData, token: str) -> None:
+    Besides the long-lived token it runs one OAuth integration (`oauth`), a sliding-window
+    rate limit on /api/v4 (`rate_limit` per second, 0 for none) and the blocked state the real
+    service falls into (`blocked`, set by hand or by `block_after` 429s within a minute).
+    """
+
+    def __init__(
+        self,
+        data: SandboxData,
+        token: str,
+        *,
+        oauth_client: OAuthClient | None = None,
+        token_ttl: int = 86400,
+        rate_limit: int = RATE_LIMIT,
+        block_after: int | None = None,
+    ) -> None:
         self._token = token
+        if oauth_client is None:
+            # Without a registered integration nobody knows the secret: every exchange fails.
+            oauth_client = OAuthClient(
+                str(uuid.uuid4()), secrets.token_urlsafe(48), "http://127.0.0.1/callback"
+            )
+        self.oauth = TokenIssuer(
+            oauth_client, data.account["id"], data.account["current_user_id"], token_ttl
+        )
+        self.rate_limit = rate_limit
+        self.block_after = block_after
+        self.blocked = False
+        self.request_times: list[float] = []
+        self.rate_limited = 0
+        self._window: deque[float] = deque()
+        self._refusal_times: deque[float] = deque()
         self.account = copy.deepcopy(data.account)
         self.users = {user["id"]: copy.deepcopy(user) for user in data.users}
         self.pipelines = {pipeline["id"]: copy.deepcopy(pipeline) for pipeline in data.pipelines}
@@ -308,6 +366,29 @@ class AmoCrmEmulator:
 
     def records(self, entity: str) -> dict[int, dict[str, Any]]:
         return {"leads": self.leads, "contacts": self.contacts, "companies": self.companies}[entity]
+
+    # ---- OAuth, for tests and seeding ---------------------------------------------------
+
+    def issue_code(self) -> str:
+        """An authorization code, as if a person had consented on the consent page."""
+        return self.oauth.issue_code()
+
+    def issue_refresh_token(self) -> str:
+        """A refresh token of a pair made on the server's side, to seed a client's store."""
+        return self.oauth.issue_refresh_token()
+
+    @property
+    def token_requests(self) -> list[tuple[str, str]]:
+        """Every token request as (grant_type, "ok" or "refused"), in order."""
+        return self.oauth.token_requests
+
+    @property
+    def refreshes(self) -> int:
+        return self.oauth.refreshes
+
+    @property
+    def refused_refreshes(self) -> int:
+        return self.oauth.refused_refreshes
 
     # ---- dispatch -----------------------------------------------------------------------
 
@@ -351,7 +432,15 @@ class AmoCrmEmulator:
     async def _serve(self, request: Request) -> Response:
         path = request.url.path
         try:
-            response = await self._dispatch(request, path)
+            if self.blocked:
+                # A blocked account answers everything, the token endpoint too, with an HTML page;
+                # emulator's choice: the page's wording.
+                response = _html(403, "403 Forbidden", "Доступ к аккаунту заблокирован")
+            elif _is_api(path) and not self._admit():
+                # Emulator's choice: the limit is checked before the token, so bad tokens count.
+                response = _too_many_requests()
+            else:
+                response = await self._dispatch(request, path)
         except _Problem as problem:
             response = _problem_response(problem)
         except Exception:
@@ -365,14 +454,13 @@ class AmoCrmEmulator:
         return response
 
     async def _dispatch(self, request: Request, path: str) -> Response:
-        if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
+        if path == TOKEN_PATH:
+            return await self._token_endpoint(request)
+        if path.rstrip("/") == CONSENT_PATH and request.method == "GET":
+            return self._consent(request)
+        if not _is_api(path):
             # The common host answers a wrong path with an HTML page, not problem JSON.
-            return Response(
-                "<!DOCTYPE html><html><head><title>404 Not Found</title></head>"
-                "<body><h1>Страница не найдена</h1></body></html>",
-                status_code=404,
-                media_type="text/html",
-            )
+            return _html(404, "404 Not Found", "Страница не найдена")
         self._authorize(request)
 
         # Emulator's choice: one trailing slash is tolerated.
@@ -397,8 +485,88 @@ class AmoCrmEmulator:
     def _authorize(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
         expected = f"Bearer {self._token}"
-        if not hmac.compare_digest(header.encode(), expected.encode()):
-            raise _Problem(401, "Unauthorized", "The access token is missing, expired or revoked")
+        if hmac.compare_digest(header.encode(), expected.encode()):
+            return
+        state = self.oauth.access_state(header.removeprefix("Bearer "))
+        if state == "valid":
+            return
+        extra = {"hint": EXPIRED} if state == "expired" else {}
+        raise _Problem(
+            401, "Unauthorized", "The access token is missing, expired or revoked", **extra
+        )
+
+    def _admit(self) -> bool:
+        """Count one /api/v4 request against the sliding window; False means answer 429."""
+        now = time.monotonic()
+        while self._window and self._window[0] <= now - RATE_WINDOW:
+            self._window.popleft()
+        # Times are kept with the limit off as well, so a test can check a client's own pacing.
+        if self.rate_limit <= 0 or len(self._window) < self.rate_limit:
+            self._window.append(now)
+            self.request_times.append(now)
+            return True
+
+        self.rate_limited += 1
+        if self.block_after is not None:
+            while self._refusal_times and self._refusal_times[0] <= now - BLOCK_WINDOW:
+                self._refusal_times.popleft()
+            self._refusal_times.append(now)
+            if len(self._refusal_times) >= self.block_after:
+                self.blocked = True
+                logger.warning(
+                    "sandbox amoCRM account blocked after %d refusals within %.0f s",
+                    len(self._refusal_times),
+                    BLOCK_WINDOW,
+                )
+        return False
+
+    # ---- OAuth over HTTP ------------------------------------------------------------------
+
+    async def _token_endpoint(self, request: Request) -> Response:
+        if request.method != "POST":
+            raise _Problem(
+                405,
+                "Method Not Allowed",
+                f"Method {request.method} is not allowed here",
+                allowed=["POST"],
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            # Emulator's choice: a form body is accepted as well as JSON, as OAuth servers do.
+            async with request.form() as form:
+                body: Any = {key: value for key, value in form.items() if isinstance(value, str)}
+        else:
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                body = None
+        try:
+            answer = self.oauth.exchange(body)
+        except OAuthRefusal as refusal:
+            title = "Unauthorized" if refusal.status == 401 else "Bad Request"
+            raise _Problem(refusal.status, title, refusal.detail, hint=refusal.hint) from None
+        return Response(json.dumps(answer), media_type="application/json")
+
+    def _consent(self, request: Request) -> Response:
+        """The consent page, consenting at once: straight back to the integration with a code."""
+        params = request.query_params
+        client = self.oauth.client
+        if not self.oauth.is_client(params.get("client_id")):
+            # Emulator's choice: an unknown integration gets an HTML error page, no redirect.
+            return _html(400, "400 Bad Request", "Интеграция не найдена")
+        asked = params.get("redirect_uri")
+        if asked is not None and asked != client.redirect_uri:
+            return _html(400, "400 Bad Request", "redirect_uri не совпадает с указанным")
+        if params.get("response_type", "code") != "code":
+            return _html(400, "400 Bad Request", "Поддерживается только response_type=code")
+
+        answer = {"code": self.oauth.issue_code()}
+        if "state" in params:
+            answer["state"] = params["state"]
+        answer["referer"] = request.url.netloc
+        separator = "&" if urlsplit(client.redirect_uri).query else "?"
+        location = f"{client.redirect_uri}{separator}{urlencode(answer)}"
+        return Response(status_code=302, headers={"Location": location})
 
     # ---- shared helpers -----------------------------------------------------------------
 
