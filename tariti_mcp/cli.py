@@ -49,6 +49,46 @@ def _parser() -> argparse.ArgumentParser:
     port = _bounded(0, 65535)
     sandbox.add_argument("--amocrm-port", type=port, default=0, help="0 picks a free port")
     sandbox.add_argument("--moizvonki-port", type=port, default=0, help="0 picks a free port")
+    sandbox.add_argument(
+        "--token-ttl",
+        type=_bounded(1, 5 * 366 * 86400),
+        default=86400,
+        metavar="SECONDS",
+        help="life of an amoCRM OAuth access token (default 86400)",
+    )
+    sandbox.add_argument(
+        "--rate-limit",
+        type=_bounded(0, 10_000),
+        default=7,
+        metavar="N",
+        help="amoCRM API requests allowed per second, then 429 (default 7, 0 for no limit)",
+    )
+    sandbox.add_argument(
+        "--block-after",
+        type=_bounded(1, 1_000_000),
+        default=None,
+        metavar="N",
+        help="block the amoCRM account after N 429s within a minute (default: never)",
+    )
+
+    def fault_spec(text: str):
+        # Imported on use: the sandbox package pulls in the web server.
+        from .sandbox.faults import FaultSpecError, parse_fault_spec
+
+        try:
+            return parse_fault_spec(text)
+        except FaultSpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    sandbox.add_argument(
+        "--faults",
+        type=fault_spec,
+        default=None,
+        metavar="SPEC",
+        help="put fault proxies in front of both emulators, e.g. "
+        "'read:503=0.1,slow=0.1,drop=0.05;write:drop_after=0.1;slow_seconds=2' or JSON; "
+        "faults: 429, 503, slow, drop, drop_after, error_after",
+    )
     return parser
 
 
@@ -148,6 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     finally:
         store.close()
+        if settings.scratch_db:
+            for suffix in ("", "-wal", "-shm", ".amocrm.lock"):
+                Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
         if sandbox is not None:
             sandbox.stop()
         if scratch is not None:
@@ -170,12 +213,17 @@ def _sandbox(args: argparse.Namespace) -> int:
         host=args.host,
         amocrm_port=args.amocrm_port,
         moizvonki_port=args.moizvonki_port,
+        token_ttl=args.token_ttl,
+        rate_limit=args.rate_limit,
+        block_after=args.block_after,
+        faults=args.faults,
     )
     try:
         sandbox.start()
     except OSError as exc:
         return _fail(f"cannot start the emulators: {exc.strerror or exc}")
-    for key, value in sandbox.env.items():
+    # The OAuth lines come after the first five, which older readers take by position.
+    for key, value in {**sandbox.env, **sandbox.oauth_env}.items():
         sys.stdout.write(f"{key}={value}\n")
     sys.stdout.flush()
     logger.info("emulators running; press Ctrl-C to stop")

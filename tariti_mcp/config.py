@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import platformdirs
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -167,6 +169,7 @@ class Settings(BaseSettings):
     default_region: str = Field("RU", validation_alias="TARITI_DEFAULT_REGION")
     log_level: str = Field("WARNING", validation_alias="TARITI_LOG_LEVEL")
     http_timeout: float = Field(30.0, gt=0, le=300, validation_alias="TARITI_HTTP_TIMEOUT")
+    _scratch_db: bool = PrivateAttr(False)
     analytics_freshness: float = Field(
         60.0, ge=0, validation_alias=AliasChoices("TARITI_ANALYTICS_FRESHNESS")
     )
@@ -234,8 +237,16 @@ class Settings(BaseSettings):
         urls = [self.amocrm_base_url, self.moizvonki_base_url]
         local = any(url and _is_loopback(urlsplit(url).hostname or "") for url in urls)
         if local and "db_path" not in self.model_fields_set:
-            self.db_path = default_db_path().with_name("sandbox.db")
+            # The emulators make up their data anew each start: a scratch file per process.
+            scratch = Path(tempfile.gettempdir()) / f"tariti-sandbox-{os.getpid()}.db"
+            self.db_path = scratch
+            self._scratch_db = True
         return self
+
+    @property
+    def scratch_db(self) -> bool:
+        """The database is a per-process scratch file, to be removed at exit."""
+        return self._scratch_db
 
     @property
     def zone(self) -> ZoneInfo:

@@ -267,10 +267,11 @@ def amocrm_error(
 _BAD_CREDENTIALS = ("password", "invalid", "api_key", "user_name", "auth", "неверн", "парол")
 
 
-def _short_text(response: httpx.Response, limit: int = 200) -> str:
+def _short_text(response: httpx.Response, secrets: Iterable[str], limit: int = 200) -> str:
+    """The start of a plain-text answer, masked before it is cut so no key survives in part."""
     if _is_html(response):
         return ""
-    text = response.text.strip().replace("\n", " ")
+    text = scrub(response.text.strip().replace("\n", " "), secrets)
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
@@ -279,7 +280,7 @@ def moizvonki_error(
 ) -> ServiceError:
     """Map a non-200 Moizvonki answer. Its errors are plain text, so keywords decide."""
     status = response.status_code
-    text = scrub(_short_text(response), secrets)
+    text = _short_text(response, secrets)
     lowered = text.lower()
     if status in (401, 403) and any(word in lowered for word in _BAD_CREDENTIALS):
         return AuthFailed(

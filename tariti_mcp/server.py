@@ -220,11 +220,21 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         max_pages: Annotated[
             int, Field(description="Page cap when all_pages is true.", ge=1, le=200)
         ] = 10,
+        skip: Annotated[
+            int,
+            Field(
+                description="Drop this many items from the start of a list answer; a cut "
+                "answer's `resume` says which page, limit and skip continue it.",
+                ge=0,
+                le=250,
+            ),
+        ] = 0,
         ctx: Context,
     ) -> Answer:
         """Send one request to the amoCRM API v4 (leads, contacts, companies, pipelines, users,
         tasks, notes...). Lists return `items` plus `has_more`/`next_page`; to get more, call
-        again with query page=N or set all_pages. Limit is at most 250 per page. 204 means
+        again with query page=N or set all_pages; an answer cut for size gives `resume` (page,
+        limit and skip to continue). Limit is at most 250 per page. 204 means
         nothing matched and is not an error. Lead status filter: filter[statuses][0][pipeline_id]
         and filter[statuses][0][status_id]. All timestamps are Unix seconds. Send only the
         fields you change in PATCH. POST/PATCH/DELETE change the CRM: never repeat one whose
@@ -245,6 +255,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                     all_pages=all_pages,
                     max_pages=cap,
                     capped_by=capped_by,
+                    skip=skip,
                     zone=state.settings.zone,
                     progress=_progress(ctx),
                 )

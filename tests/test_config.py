@@ -167,7 +167,7 @@ def test_loopback_means_a_loopback_address_not_a_name_starting_with_127(raw):
 def test_settings_pointing_at_emulators_use_a_separate_database(monkeypatch):
     monkeypatch.setenv("AMOCRM_BASE_URL", "http://127.0.0.1:8123")
     settings = load_settings()
-    assert settings.db_path.name == "sandbox.db"
+    assert settings.db_path.name.startswith("tariti-sandbox-") and settings.scratch_db
     monkeypatch.setenv("TARITI_DB_PATH", "/tmp/chosen.db")
     assert str(load_settings().db_path) == "/tmp/chosen.db"
     monkeypatch.setenv("AMOCRM_BASE_URL", "https://acme.amocrm.ru")

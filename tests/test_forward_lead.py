@@ -1,5 +1,6 @@
 """Forwarding when amoCRM's answer is lost: the lead is never sent twice blindly."""
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -138,3 +139,27 @@ async def test_contact_search_reads_every_page(respx_mock, client):
     )
     found = await leads.find_contacts(client, None, lead())
     assert [c["id"] for c in found] == [999]
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_cancelled_before_sending_can_be_forwarded_again(respx_mock, client):
+    async def slow_search(request):
+        await anyio.sleep(1)
+        return httpx.Response(204)
+
+    search = respx_mock.get("/api/v4/contacts").mock(side_effect=slow_search)
+    create = respx_mock.post("/api/v4/leads/complex").mock(
+        return_value=httpx.Response(200, json=[{"id": 9, "contact_id": 8, "request_id": ["0"]}])
+    )
+    respx_mock.post("/api/v4/leads/9/notes").mock(return_value=httpx.Response(200, json={}))
+    store = Store()
+    with anyio.move_on_after(0.05):
+        await leads.forward(client, store, lead())
+    assert create.call_count == 0
+    assert store.forwarding_by_external_id("form-77")["status"] == "failed"
+
+    search.side_effect = None
+    search.return_value = httpx.Response(204)
+    result = await leads.forward(client, store, lead())
+    assert result["lead_id"] == 9 and create.call_count == 1

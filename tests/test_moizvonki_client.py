@@ -11,6 +11,7 @@ from tariti_mcp.errors import (
     AuthFailed,
     InvalidArgument,
     OutcomeUnknown,
+    Rejected,
     Unavailable,
     WrongHost,
 )
@@ -253,3 +254,12 @@ def test_credentials_in_params_are_refused_for_the_right_reason():
 
     with pytest.raises(InvalidArgument, match="server adds the login and key"):
         check_params("calls.list", {"from_id": 1, "api_key": "x"}, ZoneInfo("UTC"))
+
+
+@pytest.mark.anyio
+@respx.mock(assert_all_called=False)
+async def test_key_echoed_near_the_cut_does_not_leak_in_part(respx_mock, client):
+    respx_mock.post(URL).mock(return_value=httpx.Response(400, text="x" * 180 + f" key={KEY}"))
+    with pytest.raises(Rejected) as info:
+        await client.call("calls.get_sms_templates")
+    assert KEY[:8] not in str(info.value)

@@ -15,7 +15,6 @@ from ..errors import InvalidArgument
 from ..store import Store
 from .client import (
     DEFAULT_ZONE,
-    MAX_LIMIT,
     METHODS,
     AmoCrmClient,
     api_path,
@@ -98,6 +97,7 @@ async def call_api(
     all_pages: bool = False,
     max_pages: int = 10,
     capped_by: str = "max_pages",
+    skip: int = 0,
     zone: ZoneInfo = DEFAULT_ZONE,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -153,9 +153,11 @@ async def call_api(
         _cache(store, path, entity, items)
     collected = list(items)
     href = next_link(answer.body)
+    # The page size amoCRM applied: some lists cap lower than the limit asked for.
+    page_size = len(items) if href and items else int(dict(pairs).get("limit", DEFAULT_LIMIT))
     pages = 1
     first_page = answer.body.get("_page")
-    while all_pages and href and pages < max_pages:
+    while all_pages and href and pages < max_pages and size(collected) < MAX_ANSWER_CHARS:
         target = client.follow(href)
         if target is None:
             notes.append("paging stopped: the next link left the account's host")
@@ -172,75 +174,99 @@ async def call_api(
         collected.extend(next_listing[1])
         href = next_link(page.body)
 
+    if skip:
+        collected = collected[skip:]
     result.update({"entity": entity, "count": len(collected), "pages_fetched": pages})
     if first_page is not None:
         result["first_page"] = first_page
     result["has_more"] = bool(href)
+    paging_note = None
     if href:
         next_page = _page_of(href)
         if next_page is not None:
             result["next_page"] = next_page
         if all_pages:
             result["stopped_early"] = True
-            notes.append(
-                f"stopped after {pages} pages ({capped_by}); more remain: call again with "
+            why = capped_by if pages >= max_pages else "the answer's size limit"
+            paging_note = (
+                f"stopped after {pages} pages ({why}); more remain: call again with "
                 f"query page={next_page} or narrow the filter"
             )
         else:
-            notes.append(
+            paging_note = (
                 f"more {entity} remain: call again with query page={next_page} "
                 "or set all_pages=true"
             )
     result["items"] = _strip_links(collected)
-    limit = int(dict(pairs).get("limit", DEFAULT_LIMIT))
-    return _finish(result, notes, first_page if isinstance(first_page, int) else None, limit)
+    start = None
+    if isinstance(first_page, int):
+        start = (first_page - 1) * page_size + skip
+    return _finish(result, notes, start=start, page_size=page_size, paging_note=paging_note)
 
 
-def _resume(first_page: int, limit: int, shown: int) -> dict[str, int]:
-    """A page and limit whose page starts right after the last item shown.
-
-    The items shown are the first ``shown`` of the list that starts at ``first_page`` pages of
-    ``limit``; a smaller limit that divides that offset continues exactly there.
-    """
-    offset = (first_page - 1) * limit + shown
-    size = next(k for k in range(min(shown, MAX_LIMIT), 0, -1) if offset % k == 0)
-    return {"page": offset // size + 1, "limit": size}
+def _resume(offset: int, page_size: int) -> dict[str, Any]:
+    """How to ask for the list from item ``offset`` on: a page, its size, items to skip."""
+    return {
+        "query": {"page": offset // page_size + 1, "limit": page_size},
+        "skip": offset % page_size,
+    }
 
 
 def _finish(
     result: dict[str, Any],
     notes: list[str],
-    first_page: int | None = None,
-    limit: int = DEFAULT_LIMIT,
+    *,
+    start: int | None = None,
+    page_size: int = DEFAULT_LIMIT,
+    paging_note: str | None = None,
 ) -> dict[str, Any]:
-    """Attach notes and cut the answer to a size a model can read."""
-    if notes:
-        result["notes"] = notes
+    """Attach notes and cut the answer to a size a model can read.
+
+    ``start`` is the list position of the first item shown, when the list is paged.
+    """
     items = result.get("items")
     if isinstance(items, list) and items:
         shown = cut_list(result, "items")
-        if shown is None:
-            return result
-        kept = result["items"]
-        result["count"] = len(kept)
-        result["fetched"] = len(items)
-        result["truncated"] = True
-        entity = result.get("entity", "items")
-        advice = "narrow the filter"
-        if first_page is not None and kept:
-            resume = _resume(first_page, limit, len(kept))
-            result["resume_query"] = resume
+        if shown == 0:
+            # One item larger than a whole answer: show its beginning, then move past it.
+            text = json.dumps(items[0], ensure_ascii=False, default=str)
+            result["items"] = [
+                {
+                    "id": items[0].get("id") if isinstance(items[0], dict) else None,
+                    "preview": text[: MAX_ANSWER_CHARS // 2],
+                    "cut": True,
+                }
+            ]
+            shown = 1
+        if shown is not None:
+            result["count"] = shown
+            result["fetched"] = len(items)
+            result["truncated"] = True
             result["has_more"] = True
             result.pop("next_page", None)
-            advice = (
-                f"to continue right after the last one shown, repeat the query with "
-                f"page={resume['page']} and limit={resume['limit']}, or narrow the filter"
+            entity = result.get("entity", "items")
+            advice = "narrow the filter"
+            if start is not None:
+                resume = _resume(start + shown, page_size)
+                result["resume"] = resume
+                query = resume["query"]
+                advice = (
+                    f"to continue right after the last one shown, repeat the call with query "
+                    f"page={query['page']} and limit={query['limit']} and skip={resume['skip']}"
+                )
+            notes.append(
+                f"answer cut to {shown} of {len(items)} {entity} fetched, to stay readable; "
+                f"{advice}"
             )
-        result.setdefault("notes", []).append(
-            f"answer cut to {len(kept)} of {len(items)} {entity} fetched, to stay readable; "
-            f"{advice}"
-        )
+        elif paging_note:
+            notes.append(paging_note)
+        if notes:
+            result["notes"] = notes
         return result
+    if paging_note:
+        notes.append(paging_note)
+    if notes:
+        result["notes"] = notes
     if size(result) <= MAX_ANSWER_CHARS:
         return result
     text = json.dumps(result.get("data"), ensure_ascii=False, default=str)

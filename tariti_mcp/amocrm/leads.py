@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from .client import AmoCrmClient, list_items, next_link
 
 logger = logging.getLogger(__name__)
 
+# A forwarding still looking for its contact after this long died with its process.
+PENDING_STALE = 120
 MAX_NAME = 255  # amoCRM's limit on entity names
 MAX_NOTE = 10_000  # our cap on one note: longer texts are cut, and the answer says so
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -260,12 +263,16 @@ async def _forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dic
     else:
         store.claim_forwarding(record)
     store.update_forwarding(
-        forwarding_id, status="sending", attempts=_attempts(store, forwarding_id)
+        forwarding_id, status="pending", attempts=_attempts(store, forwarding_id)
     )
 
+    sent = False
     try:
         contacts = await find_contacts(client, store, lead)
         contact = contacts[0] if contacts else None
+        # From here on amoCRM may create the lead even if we never hear back.
+        store.update_forwarding(forwarding_id, status="sending")
+        sent = True
         lead_id, contact_id = await _create(client, lead, contact)
     except OutcomeUnknown as exc:
         store.update_forwarding(forwarding_id, status="unknown", last_error=str(exc))
@@ -276,6 +283,17 @@ async def _forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dic
         ) from None
     except ServiceError as exc:
         store.update_forwarding(forwarding_id, status="failed", last_error=str(exc))
+        raise
+    except BaseException:
+        # Cancelled by the client (or a bug): record what is known before unwinding.
+        if sent:
+            store.update_forwarding(
+                forwarding_id, status="unknown", last_error="cancelled while creating the lead"
+            )
+        else:
+            store.update_forwarding(
+                forwarding_id, status="failed", last_error="cancelled before anything was sent"
+            )
         raise
 
     lead_url = f"{client.base_url}/leads/detail/{lead_id}"
@@ -351,6 +369,11 @@ def _repeat(store: Store, earlier: dict[str, Any], record: dict[str, Any]) -> di
             "lead_url": earlier["lead_url"],
             "note": "this external_id was already forwarded; nothing new was created",
         }
+    if status == "pending" and time.time() - (earlier.get("updated_at") or 0) < PENDING_STALE:
+        raise InvalidArgument(
+            f"external_id {record['external_id']!r} is being forwarded right now (forwarding "
+            f"{earlier['id']}); call again in a minute to get its result"
+        )
     if status in ("sending", "unknown"):
         raise InvalidArgument(
             f"external_id {record['external_id']!r} was already forwarded (forwarding "
