@@ -31,3 +31,8 @@ def cut_list(answer: dict[str, Any], key: str, limit: int = MAX_ANSWER_CHARS) ->
         kept += 1
     answer[key] = items[:kept]
     return kept
+
+
+def preview(value: Any, limit: int = MAX_ANSWER_CHARS - 2000) -> str:
+    """The beginning of ``value``'s JSON, for a single value too large to show whole."""
+    return json.dumps(value, ensure_ascii=False, default=str)[:limit]

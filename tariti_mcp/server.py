@@ -388,6 +388,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                     state.settings.zone,
                     all_pages=all_pages,
                     max_pages=max_pages,
+                    region=state.settings.default_region,
                     progress=_progress(ctx),
                 )
             )

@@ -550,6 +550,27 @@ class Store:
         ]
         return self._upsert("moizvonki_employees", rows, "id")
 
+    def delete_employee(self, employee_id: Any, login: Any) -> int:
+        """Forget an employee Moizvonki deleted, with their calls; return how many calls."""
+        account = str(login).strip().lower() if login else None
+        if account is None and _int(employee_id) is not None:
+            rows = list(
+                self.query(
+                    "SELECT email FROM moizvonki_employees WHERE id = ?", [_int(employee_id)]
+                )
+            )
+            account = (rows[0]["email"] or "").lower() if rows else None
+        with self.db.conn:
+            removed = self.db.execute(
+                "DELETE FROM moizvonki_calls WHERE user_id = ? OR lower(user_account) = ?",
+                [_int(employee_id), account],
+            ).rowcount
+            self.db.execute(
+                "DELETE FROM moizvonki_employees WHERE id = ? OR lower(email) = ?",
+                [_int(employee_id), account],
+            )
+        return removed
+
     def employees(self) -> list[dict[str, Any]]:
         return list(self.db["moizvonki_employees"].rows)
 

@@ -1,4 +1,4 @@
-"""OAuth tokens: stored before use, one refresh per expiry across processes, no spent token reused."""
+"""OAuth tokens: stored before use, one refresh per expiry across processes, none reused."""
 
 import itertools
 import json

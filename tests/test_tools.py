@@ -12,6 +12,8 @@ import pytest
 from mcp import Client
 
 from tariti_mcp import phones
+from tariti_mcp.config import Settings
+from tariti_mcp.sandbox import Sandbox
 from tariti_mcp.server import create_server
 from tariti_mcp.store import Store, field_values
 
@@ -482,3 +484,44 @@ async def test_concurrent_forwards_of_one_new_person_make_one_contact(client, sa
         if any(phones.last10(v) == national for v in field_values(c, "PHONE"))
     ]
     assert len(holders) == 1
+
+
+@pytest.mark.anyio
+async def test_deleted_employee_calls_leave_the_analytics(tmp_path):
+    with Sandbox(seed=11, calls=600, days=10) as own:
+        env = {key.lower(): value for key, value in own.env.items()}
+        settings = Settings(_env_file=None, db_path=tmp_path / "t.db", **env)
+        async with Client(create_server(settings, store=Store()), mode="legacy") as client:
+            first = dt.datetime.fromtimestamp(own.data.now, MOSCOW).date() - dt.timedelta(days=5)
+            period = {"date_from": first.isoformat()}
+            error, before = await call(client, "get_moizvonki_analytics", period)
+            assert not error, before
+            manager = own.moizvonki_manager_user
+            error, deleted = await call(
+                client,
+                "call_moizvonki_api",
+                {"action": "company.delete_employee", "params": {"employee_user_name": manager}},
+            )
+            assert not error, deleted
+            assert deleted["calls_removed_from_store"] > 0
+            error, after = await call(client, "get_moizvonki_analytics", period)
+            assert not error, after
+            since = int(dt.datetime.combine(first, dt.time(), MOSCOW).timestamp())
+            expected = expected_totals(
+                await raw_calls(own, {"from_date": since}),
+                first,
+                dt.datetime.fromtimestamp(own.data.now, MOSCOW).date(),
+            )
+            assert after["total_calls"] == expected["total_calls"] < before["total_calls"]
+
+
+@pytest.mark.anyio
+async def test_sms_to_a_bad_number_is_refused_before_sending(client, sandbox):
+    sent = len(sandbox.moizvonki.sms)
+    error, text = await call(
+        client,
+        "call_moizvonki_api",
+        {"action": "calls.send_sms", "params": {"to": "+7916", "text": "hi"}},
+    )
+    assert error and "not a valid phone number" in text
+    assert len(sandbox.moizvonki.sms) == sent

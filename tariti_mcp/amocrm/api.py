@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -10,7 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
-from ..answers import MAX_ANSWER_CHARS, cut_list, size
+from ..answers import MAX_ANSWER_CHARS, cut_list, preview, size
 from ..errors import InvalidArgument
 from ..store import Store
 from .client import (
@@ -229,11 +228,11 @@ def _finish(
         shown = cut_list(result, "items")
         if shown == 0:
             # One item larger than a whole answer: show its beginning, then move past it.
-            text = json.dumps(items[0], ensure_ascii=False, default=str)
+            first = items[0]
             result["items"] = [
                 {
-                    "id": items[0].get("id") if isinstance(items[0], dict) else None,
-                    "preview": text[: MAX_ANSWER_CHARS // 2],
+                    "id": first.get("id") if isinstance(first, dict) else None,
+                    "preview": preview(first, MAX_ANSWER_CHARS // 2),
                     "cut": True,
                 }
             ]
@@ -269,9 +268,8 @@ def _finish(
         result["notes"] = notes
     if size(result) <= MAX_ANSWER_CHARS:
         return result
-    text = json.dumps(result.get("data"), ensure_ascii=False, default=str)
+    result["data_preview"] = preview(result["data"])
     result["data"] = None
-    result["data_preview"] = text[: MAX_ANSWER_CHARS - 2000]
     result["truncated"] = True
     result.setdefault("notes", []).append(
         "the entity was too large to show whole; data_preview holds the beginning of its JSON. "

@@ -152,6 +152,8 @@ def _filter_seconds(key: str, value: str, zone: ZoneInfo) -> str | None:
         moment = moment.replace(tzinfo=zone)
     if key.endswith("[to]") and len(value) == 10:
         moment += dt.timedelta(days=1, seconds=-1)
+    if not 2000 <= moment.year < 2100:
+        raise InvalidArgument(f"{key}: give a date between 2000 and 2100 (got {value[:40]!r})")
     return str(int(moment.timestamp()))
 
 

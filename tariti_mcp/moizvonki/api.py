@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..answers import cut_list
+from .. import phones
+from ..answers import MAX_ANSWER_CHARS, cut_list, preview, size
 from ..errors import InvalidArgument, ServiceError
 from ..store import Store
 from . import analytics
@@ -49,6 +50,8 @@ _REQUIRED = {
 }
 
 
+# Several SMS parts at most; a longer text is a mistake, not a message.
+MAX_SMS = 1000
 # Calls are recent: a time before 2000 is a misread value (YYYYMMDD taken as seconds, say).
 EARLIEST = 946_684_800  # 2000-01-01 UTC
 LATEST = 4_102_444_800  # 2100-01-01 UTC
@@ -69,7 +72,8 @@ def _unix(value: Any, name: str, zone: ZoneInfo) -> int:
         value = int(value.strip())
     if isinstance(value, int | float):
         if not math.isfinite(value) or not EARLIEST <= value < LATEST:
-            hint = " (that looks like milliseconds: divide by 1000)" if value > LATEST else ""
+            milliseconds = EARLIEST * 1000 <= value < LATEST * 1000
+            hint = " (that looks like milliseconds: divide by 1000)" if milliseconds else ""
             raise InvalidArgument(
                 f"{name} must be Unix seconds between 2000 and 2100, or an ISO date like "
                 f"2026-12-01{hint}"
@@ -101,7 +105,20 @@ def _whole(value: Any, name: str) -> int:
     return value
 
 
-def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+def _phone(value: Any, region: str) -> str:
+    """The number to ring or text, checked: the employee's real phone acts on it."""
+    number = phones.normalize(str(value), region)
+    if number is None:
+        raise InvalidArgument(
+            f"to {str(value)[:40]!r} is not a valid phone number: give it with the country code, "
+            "e.g. +7 916 123-45-67"
+        )
+    return number
+
+
+def check_params(
+    action: str, params: dict[str, Any], zone: ZoneInfo, region: str = "RU"
+) -> dict[str, Any]:
     if action not in ACTIONS:
         raise InvalidArgument(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
     if not isinstance(params, dict):
@@ -124,6 +141,14 @@ def check_params(action: str, params: dict[str, Any], zone: ZoneInfo) -> dict[st
     if missing:
         raise InvalidArgument(f"{action} needs {', '.join(missing)}")
     checked = dict(params)
+    if action in ("calls.make_call", "calls.send_sms"):
+        checked["to"] = _phone(checked["to"], region)
+    if action == "calls.send_sms":
+        text = str(checked["text"])
+        if len(text) > MAX_SMS:
+            raise InvalidArgument(
+                f"text is {len(text)} characters; an SMS here takes at most {MAX_SMS}"
+            )
     for name in _WHOLE_NUMBERS:
         if name in checked:
             checked[name] = _whole(checked[name], name)
@@ -148,9 +173,10 @@ async def call_action(
     *,
     all_pages: bool = False,
     max_pages: int = 20,
+    region: str = "RU",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    checked = check_params(action, params, zone)
+    checked = check_params(action, params, zone, region)
     result: dict[str, Any] = {"action": action}
 
     async def waiting(delay: float, message: str) -> None:
@@ -158,7 +184,18 @@ async def call_action(
             await progress(0, None, message)
 
     if action not in PAGED_ACTIONS:
-        result["answer"] = await client.call(action, checked, on_wait=waiting)
+        answer = await client.call(action, checked, on_wait=waiting)
+        if action == "company.delete_employee" and store is not None:
+            # Moizvonki deleted the employee's calls too; the store must not keep counting them.
+            removed = store.delete_employee(
+                checked.get("employee_id"), checked.get("employee_user_name")
+            )
+            result["calls_removed_from_store"] = removed
+        result["answer"] = answer
+        if size(result) > MAX_ANSWER_CHARS:
+            result["answer"] = None
+            result["answer_preview"] = preview(answer)
+            result["truncated"] = True
         return result
 
     pages = max_pages if all_pages else 1
@@ -166,6 +203,8 @@ async def call_action(
     last: dict[str, Any] = {}
     fetched = 0
     async for page in client.pages(action, checked, max_pages=pages, on_wait=waiting):
+        if fetched and size(results) >= MAX_ANSWER_CHARS:
+            break  # the answer is full: what follows would be fetched only to be cut
         fetched += 1
         last = page
         rows = [r for r in page.get("results") or [] if isinstance(r, dict)]
@@ -178,8 +217,11 @@ async def call_action(
             remains = int(page.get("results_remains") or 0)
             await progress(len(results), len(results) + remains, f"fetched {len(results)} rows")
 
+    start = int(checked.get("from_offset") or 0)
+    next_offset = start + len(results)
     remains = int(last.get("results_remains") or 0)
-    next_offset = int(last.get("results_next_offset") or 0)
+    if not int(last.get("results_next_offset") or 0):
+        remains = 0
     result.update(
         {
             "count": len(results),
@@ -203,7 +245,8 @@ async def call_action(
         result["fetched"] = len(results)
         result["truncated"] = True
         result["has_more"] = True
-        resume = int(checked.get("from_offset") or 0) + len(kept)
+        result["results_remains"] = remains + len(results) - len(kept)
+        resume = start + len(kept)
         result["next_offset"] = resume
         notes = [
             f"answer cut to {len(kept)} of {len(results)} rows fetched, to stay readable; to "
