@@ -39,6 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="database file (default: TARITI_DB_PATH)")
     _sandbox_options(serve)
 
+    amocrm = commands.add_parser("amocrm", help="amoCRM account tasks")
+    amocrm_commands = amocrm.add_subparsers(dest="amocrm_command", required=True)
+    login = amocrm_commands.add_parser(
+        "login",
+        help="authorize the OAuth integration and store its tokens",
+        description="Prints the consent address, takes the code (caught on a loopback "
+        "redirect URI, or pasted), stores the token pair and checks it with GET /account.",
+    )
+    login.add_argument("--env-file", help="env file to read (after the environment)")
+    login.add_argument("--code", default="", help="an authorization code you already have")
+    login.add_argument(
+        "--no-listen", action="store_true", help="ask for the code instead of listening for it"
+    )
+    login.add_argument(
+        "--timeout", type=_bounded(10, 3600), default=300, help="seconds to wait for the redirect"
+    )
+
     sandbox = commands.add_parser(
         "sandbox", help="run only the API emulators and print the settings that point at them"
     )
@@ -236,7 +253,54 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("serve", "sandbox")
+def _login(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .amocrm.login import LoginError, login
+    from .store import Store
+
+    try:
+        settings = load_settings(args.env_file)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logs.configure(settings.log_level, settings.secrets())
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def ask(prompt: str) -> str:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        return sys.stdin.readline()
+
+    try:
+        store = Store(settings.db_path)
+    except (sqlite3.Error, OSError, RuntimeError) as exc:
+        return _fail(f"cannot open the database {str(settings.db_path)!r} (TARITI_DB_PATH): {exc}")
+    try:
+        outcome = anyio.run(
+            lambda: login(
+                settings,
+                store,
+                code=args.code.strip(),
+                listen=not args.no_listen,
+                timeout=args.timeout,
+                say=say,
+                ask=ask,
+            )
+        )
+    except LoginError as exc:
+        return _fail(f"login failed: {exc}")
+    except KeyboardInterrupt:
+        return _fail("login cancelled")
+    finally:
+        store.close()
+    say(outcome)
+    return 0
+
+
+COMMANDS = ("serve", "sandbox", "amocrm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,4 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(words)
     if args.command == "sandbox":
         return _sandbox(args)
+    if args.command == "amocrm":
+        return _login(args)
     return _serve(args)

@@ -75,7 +75,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 async def send(
     client: httpx.AsyncClient,
-    request: httpx.Request,
+    request: httpx.Request | Callable[[], Awaitable[httpx.Request]],
     *,
     service: str,
     idempotent: bool,
@@ -124,7 +124,7 @@ async def send(
             why = f"status {outcome.result().status_code}"
         else:
             why = "unknown"
-        logger.info("%s %s failed (%s), retrying in %.1fs", service, request.method, why, delay)
+        logger.info("%s request failed (%s), retrying in %.1fs", service, why, delay)
         if on_wait is not None:
             await on_wait(delay, f"{service} answered {why}; retrying in {delay:.0f}s")
 
@@ -141,7 +141,9 @@ async def send(
     async def attempt() -> httpx.Response:
         if limiter is not None:
             await limiter.acquire()
-        response = await client.send(request)
+        # Built after the wait for the rate limit, so a bearer token is as fresh as can be.
+        outgoing = request if isinstance(request, httpx.Request) else await request()
+        response = await client.send(outgoing)
         await response.aread()
         return response
 

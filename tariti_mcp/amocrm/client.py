@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -302,13 +302,24 @@ class AmoCrmClient:
         content: bytes | None,
         on_wait: WaitCallback | None,
     ) -> Answer:
-        token = await self.credentials.token()
-        response = await self._send(method, path, query, content, token, on_wait)
+        used: list[str] = []
+
+        async def build() -> httpx.Request:
+            token = await self.credentials.token()
+            used.append(token)
+            headers = {"Authorization": f"Bearer {token}"}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+            return self.http.build_request(
+                method, path, params=query or None, content=content, headers=headers
+            )
+
+        response = await self._send(method, build, on_wait)
         if response.status_code == 401:
             # A 401 means nothing was done, so even a write may go again with a fresh token.
-            fresh = await self.credentials.refresh(token)
+            fresh = await self.credentials.refresh(used[-1])
             if fresh is not None:
-                response = await self._send(method, path, query, content, fresh, on_wait)
+                response = await self._send(method, build, on_wait)
         request_id = response.headers.get("x-request-id")
         logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
         if response.status_code >= 300:
@@ -331,21 +342,12 @@ class AmoCrmClient:
     async def _send(
         self,
         method: str,
-        path: str,
-        query: list[tuple[str, str]] | None,
-        content: bytes | None,
-        token: str,
+        build: Callable[[], Awaitable[httpx.Request]],
         on_wait: WaitCallback | None,
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"}
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        request = self.http.build_request(
-            method, path, params=query or None, content=content, headers=headers
-        )
         return await send(
             self.http,
-            request,
+            build,
             service=AMOCRM,
             idempotent=method == "GET",
             limiter=self._limiter,

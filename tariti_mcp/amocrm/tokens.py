@@ -81,9 +81,12 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_at: int
+    issued_at: int = 0
 
     def expiring(self, now: float | None = None) -> bool:
-        return self.expires_at - (now if now is not None else time.time()) < EXPIRY_MARGIN
+        # A minute early for day-long tokens; a tenth of the life for short ones.
+        margin = min(EXPIRY_MARGIN, max(self.expires_at - self.issued_at, 0) / 10)
+        return self.expires_at - (now if now is not None else time.time()) < margin
 
 
 def digest(secret: str) -> str:
@@ -127,7 +130,12 @@ class OAuthTokens:
         row = self._store.token_pair(self.account)
         if row is None or row.get("state") != "valid":
             return None
-        return TokenPair(row["access_token"], row["refresh_token"], int(row["expires_at"]))
+        return TokenPair(
+            row["access_token"],
+            row["refresh_token"],
+            int(row["expires_at"]),
+            int(row.get("updated_at") or 0),
+        )
 
     async def token(self) -> str:
         pair = self._stored()
@@ -220,10 +228,12 @@ class OAuthTokens:
             raise amocrm_error(response, write=True, secrets=(value, self._app.client_secret))
         try:
             answer = response.json()
+            now = int(time.time())
             pair = TokenPair(
                 str(answer["access_token"]),
                 str(answer["refresh_token"]),
-                int(time.time()) + int(answer.get("expires_in") or 86400),
+                now + int(answer.get("expires_in") or 86400),
+                now,
             )
         except (ValueError, KeyError, TypeError):
             raise BadAnswer(AMOCRM, "the token answer could not be read") from None

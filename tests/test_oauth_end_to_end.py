@@ -1,0 +1,181 @@
+"""OAuth against the emulator: the login command's flow, and two servers sharing one store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+
+from tariti_mcp.amocrm.login import login
+from tariti_mcp.config import Settings
+from tariti_mcp.sandbox import Sandbox
+from tariti_mcp.server import create_server
+from tariti_mcp.store import Store
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def oauth_settings(sandbox, db_path, **extra) -> Settings:
+    env = {key.lower(): value for key, value in sandbox.env.items()}
+    env.pop("amocrm_api_key")
+    return Settings(
+        _env_file=None,
+        db_path=db_path,
+        amocrm_client_id=sandbox.oauth_client.client_id,
+        amocrm_client_secret=sandbox.oauth_client.client_secret,
+        amocrm_redirect_uri=sandbox.oauth_client.redirect_uri,
+        **env,
+        **extra,
+    )
+
+
+def browser(url: str) -> None:
+    """A person consenting: the emulator redirects to the redirect URI with a code."""
+    time.sleep(0.3)  # the one-shot listener starts right after the address is shown
+    with httpx.Client(follow_redirects=True, timeout=10) as http:
+        http.get(url)
+
+
+@pytest.mark.anyio
+async def test_login_catches_the_code_stores_tokens_and_server_uses_them(tmp_path):
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    with Sandbox(seed=21, calls=200, redirect_uri=redirect) as sandbox:
+        settings = oauth_settings(sandbox, tmp_path / "t.db")
+        store = Store(settings.db_path)
+        lines = []
+        outcome = await login(
+            settings,
+            store,
+            say=lines.append,
+            ask=lambda prompt: "",
+            on_consent_url=lambda url: threading.Thread(target=browser, args=(url,)).start(),
+        )
+        assert "Authorized" in outcome and sandbox.amocrm.account["name"] in outcome
+        assert any("/oauth?client_id=" in line for line in lines)
+        pair = store.token_pair(httpx.URL(sandbox.amocrm_url).netloc.decode())
+        assert pair["state"] == "valid" and pair["access_token"]
+
+        async with Client(create_server(settings, store=store), mode="legacy") as client:
+            result = await client.call_tool("call_amocrm_api", {"path": "/api/v4/account"})
+        assert not result.is_error, result.content[0].text
+        assert result.structured_content["data"]["id"] == sandbox.amocrm.account["id"]
+        secret = settings.amocrm_client_secret.get_secret_value()
+        assert pair["refresh_token"] not in result.content[0].text
+        assert secret not in result.content[0].text
+
+
+@pytest.mark.anyio
+async def test_pasted_redirect_address_works_and_a_wrong_state_is_refused(tmp_path):
+    with Sandbox(seed=22, calls=100) as sandbox:
+        settings = oauth_settings(sandbox, tmp_path / "t.db")
+        store = Store(settings.db_path)
+        code = sandbox.amocrm.issue_code()
+        outcome = await login(
+            settings, store, code=code, say=lambda line: None, ask=lambda prompt: ""
+        )
+        assert "Authorized" in outcome
+        with pytest.raises(Exception, match="state"):
+            await login(
+                settings,
+                store,
+                listen=False,
+                say=lambda line: None,
+                ask=lambda prompt: f"{settings.amocrm_redirect_uri}?code=x&state=forged",
+            )
+
+
+def test_two_servers_share_tokens_across_expiries_without_spending_one_twice(tmp_path):
+    """Two MCP hosts start two servers on one database; access tokens live 3 seconds."""
+    with Sandbox(seed=23, calls=100, token_ttl=3) as sandbox:
+        oauth = sandbox.oauth_env
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))
+        }
+        env.update(sandbox.env)
+        env.pop("AMOCRM_API_KEY")
+        env.update(oauth)
+        env["TARITI_DB_PATH"] = str(tmp_path / "shared.db")
+        servers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tariti_mcp", "serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        started = time.monotonic()
+        results: list[list[dict]] = [[], []]
+
+        def drive(index: int, process: subprocess.Popen) -> None:
+            def send(message):
+                process.stdin.write(json.dumps(message) + "\n")
+                process.stdin.flush()
+
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                }
+            )
+            assert json.loads(process.stdout.readline())["id"] == 0
+            send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            for number in range(1, 101):  # 100 reads in flight at once
+                send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": number,
+                        "method": "tools/call",
+                        "params": {
+                            "name": "call_amocrm_api",
+                            "arguments": {"path": "/api/v4/leads", "query": {"limit": 1}},
+                        },
+                    }
+                )
+            while len(results[index]) < 100:
+                message = json.loads(process.stdout.readline())
+                if "id" in message:
+                    results[index].append(message)
+
+        threads = [threading.Thread(target=drive, args=(i, p)) for i, p in enumerate(servers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        elapsed = time.monotonic() - started
+        for process in servers:
+            process.stdin.close()
+            process.wait(20)
+            process.stdout.close()
+
+    answers = results[0] + results[1]
+    assert len(answers) == 200
+    assert all(not a["result"]["isError"] for a in answers), [
+        a["result"]["content"][0]["text"] for a in answers if a["result"]["isError"]
+    ][:3]
+    assert sandbox.amocrm.refused_refreshes == 0
+    expiries = elapsed / 3
+    assert 1 <= sandbox.amocrm.refreshes <= expiries + 3, (sandbox.amocrm.refreshes, elapsed)
