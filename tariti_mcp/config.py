@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     timezone: str = Field("Europe/Moscow", validation_alias="TARITI_TIMEZONE")
     default_region: str = Field("RU", validation_alias="TARITI_DEFAULT_REGION")
     log_level: str = Field("WARNING", validation_alias="TARITI_LOG_LEVEL")
-    http_timeout: float = Field(30.0, gt=0, le=300, validation_alias="TARITI_HTTP_TIMEOUT")
+    http_timeout: float = Field(20.0, gt=0, le=300, validation_alias="TARITI_HTTP_TIMEOUT")
     _scratch_db: bool = PrivateAttr(False)
     analytics_freshness: float = Field(
         60.0, ge=0, validation_alias=AliasChoices("TARITI_ANALYTICS_FRESHNESS")

@@ -35,10 +35,12 @@ WaitCallback = Callable[[float, str], Awaitable[None]]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 4
+    """How long a read keeps trying: enough attempts to ride out a bad minute, no more."""
+
+    attempts: int = 8
     first_wait: float = 0.5
     max_wait: float = 8.0
-    total: float = 30.0
+    total: float = 90.0
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -62,8 +64,10 @@ def build_client(
 
 
 def rate_limiter(per_second: float) -> AsyncLimiter:
-    # A bucket of one spaces requests evenly, so no one-second window holds more than the rate.
-    return AsyncLimiter(1, 1.0 / per_second)
+    # A bucket of one spaces requests evenly, so no one-second window holds more than the rate;
+    # the spacing is 8 % wider so a request delayed by the event loop cannot squeeze one more
+    # into a window.
+    return AsyncLimiter(1, 1.08 / per_second)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
