@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import anyio
 import httpx
 import pytest
 from mcp import Client
