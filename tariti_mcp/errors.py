@@ -189,6 +189,15 @@ def validation_details(problem: dict[str, Any]) -> list[str]:
     return lines
 
 
+# What to change for the validation codes clients most often trip on.
+_VALIDATION_HINTS = {
+    "FieldNotExpected": "Send only the fields you change, in the minimal shape: drop read-only "
+    "keys such as field_name, field_type, created_by, account_id and _links.",
+    "NotSupportedChoice": "A field id or enum value does not belong here: list this entity's "
+    "own fields with GET /api/v4/<leads|contacts|companies>/custom_fields.",
+}
+
+
 def amocrm_error(
     response: httpx.Response, *, write: bool = False, secrets: Iterable[str] = ()
 ) -> ServiceError:
@@ -206,22 +215,16 @@ def amocrm_error(
 
     if status == 400 or status == 422:
         details = [scrub(line, secrets)[:500] for line in validation_details(problem)]
+        codes = {line.rsplit("[", 1)[-1].rstrip("]") for line in details if line.endswith("]")}
+        hints = [_VALIDATION_HINTS[code] for code in sorted(codes) if code in _VALIDATION_HINTS]
+        if hints:
+            kwargs["advice"] = " ".join(hints)
         return Rejected(AMOCRM, detail or "the request was rejected", details=details, **kwargs)
     if status == 401:
         reason = hint or detail or "unauthorized"
         if "revoked" in reason.lower():
-            return AuthFailed(
-                AMOCRM,
-                f"the token was revoked ({reason})",
-                advice="The operator must issue a new token (AMOCRM_API_KEY) and restart.",
-                **kwargs,
-            )
-        return AuthFailed(
-            AMOCRM,
-            f"the token is invalid or expired ({reason})",
-            advice="The operator must check AMOCRM_API_KEY; a long-lived token may have expired.",
-            **kwargs,
-        )
+            return AuthFailed(AMOCRM, f"the token was revoked ({reason})", **kwargs)
+        return AuthFailed(AMOCRM, f"the token is invalid or expired ({reason})", **kwargs)
     if status == 402:
         return PaymentRequired(AMOCRM, detail or "payment required", **kwargs)
     if status == 403:

@@ -23,6 +23,7 @@ from .amocrm.client import AmoCrmClient
 from .amocrm.tokens import amocrm_credentials
 from .config import Settings
 from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
+from .http import rate_limiter
 from .moizvonki.api import analytics_report, call_action
 from .moizvonki.client import MoizvonkiClient
 from .store import Store
@@ -126,12 +127,13 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         database = store if store is not None else Store(settings.db_path)
         amocrm = None
         if settings.amocrm_configured:
-            credentials = await amocrm_credentials(settings, database)
+            limiter = rate_limiter(settings.amocrm_rate_limit)
+            credentials = await amocrm_credentials(settings, database, limiter)
             amocrm = AmoCrmClient(
                 settings.amocrm_base_url,
                 credentials,
                 timeout=settings.http_timeout,
-                rate_limit=settings.amocrm_rate_limit,
+                limiter=limiter,
             )
         moizvonki = None
         if settings.moizvonki_configured:

@@ -355,3 +355,66 @@ async def test_next_link_to_another_host_is_not_followed(respx_mock, client):
     result = await call_api(client, None, "GET", "/api/v4/leads", all_pages=True)
     assert not evil.called
     assert any("left the account's host" in n for n in result["notes"])
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_whole_read_object_sent_back_gets_the_minimal_shape_hint(respx_mock, client):
+    problem = {
+        "validation-errors": [
+            {
+                "request_id": "0",
+                "errors": [
+                    {
+                        "code": "FieldNotExpected",
+                        "path": "custom_fields_values.0.field_name",
+                        "detail": "This field was not expected.",
+                    }
+                ],
+            }
+        ],
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Request validation failed",
+    }
+    respx_mock.patch("/api/v4/leads").mock(return_value=httpx.Response(400, json=problem))
+    with pytest.raises(Rejected) as info:
+        await client.request("PATCH", "/api/v4/leads", body=[{"id": 1}])
+    assert "drop read-only keys" in str(info.value)
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_field_id_of_another_entity_points_to_custom_fields(respx_mock, client):
+    problem = {
+        "validation-errors": [
+            {
+                "request_id": "0",
+                "errors": [
+                    {
+                        "code": "NotSupportedChoice",
+                        "path": "custom_fields_values.0.field_id",
+                        "detail": "The value you selected is not a valid choice.",
+                    }
+                ],
+            }
+        ],
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Request validation failed",
+    }
+    respx_mock.post("/api/v4/leads").mock(return_value=httpx.Response(400, json=problem))
+    with pytest.raises(Rejected, match="custom_fields"):
+        await client.request("POST", "/api/v4/leads", body=[{"name": "x"}])
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_expired_long_lived_token_names_the_setting(respx_mock, client):
+    respx_mock.get("/api/v4/account").mock(
+        return_value=httpx.Response(
+            401, json={"title": "Unauthorized", "status": 401, "detail": "Unauthorized"}
+        )
+    )
+    with pytest.raises(AuthFailed, match="AMOCRM_API_KEY"):
+        await client.request("GET", "/api/v4/account")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,16 +110,18 @@ def test_two_servers_share_tokens_across_expiries_without_spending_one_twice(tmp
         env.pop("AMOCRM_API_KEY")
         env.update(oauth)
         env["TARITI_DB_PATH"] = str(tmp_path / "shared.db")
+        env["TARITI_LOG_LEVEL"] = "DEBUG"
+        logs = [open(tmp_path / f"server{n}.log", "w") for n in range(2)]  # noqa: SIM115
         servers = [
             subprocess.Popen(
                 [sys.executable, "-m", "tariti_mcp", "serve"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=log,
                 text=True,
                 env=env,
             )
-            for _ in range(2)
+            for log in logs
         ]
         started = time.monotonic()
         results: list[list[dict]] = [[], []]
@@ -170,11 +173,61 @@ def test_two_servers_share_tokens_across_expiries_without_spending_one_twice(tmp
             process.wait(20)
             process.stdout.close()
 
+        for log in logs:
+            log.close()
+
     answers = results[0] + results[1]
     assert len(answers) == 200
+    # No token, secret or JWT-shaped string in any answer or log line of either server.
+    written = json.dumps(answers) + "".join(
+        (tmp_path / f"server{n}.log").read_text() for n in range(2)
+    )
+    for secret in (
+        oauth["AMOCRM_REFRESH_TOKEN"],
+        oauth["AMOCRM_CLIENT_SECRET"],
+        sandbox.env["MOIZVONKI_API_KEY"],
+    ):
+        assert secret not in written
+    assert not re.search(r"eyJ[A-Za-z0-9_-]{20,}", written)
+    assert "DEBUG" in written  # the logs really were captured
     assert all(not a["result"]["isError"] for a in answers), [
         a["result"]["content"][0]["text"] for a in answers if a["result"]["isError"]
     ][:3]
     assert sandbox.amocrm.refused_refreshes == 0
     expiries = elapsed / 3
     assert 1 <= sandbox.amocrm.refreshes <= expiries + 3, (sandbox.amocrm.refreshes, elapsed)
+
+
+@pytest.mark.anyio
+async def test_auth_code_from_settings_is_exchanged_once(tmp_path):
+    with Sandbox(seed=24, calls=100) as sandbox:
+        code = sandbox.amocrm.issue_code()
+        settings = oauth_settings(sandbox, tmp_path / "t.db", amocrm_auth_code=code)
+        store = Store(settings.db_path)
+        for _ in range(2):  # a restart with the same AMOCRM_AUTH_CODE
+            async with Client(create_server(settings, store=store), mode="legacy") as client:
+                result = await client.call_tool("call_amocrm_api", {"path": "/api/v4/account"})
+                assert not result.is_error, result.content[0].text
+        codes = [
+            grant
+            for grant, outcome in sandbox.amocrm.token_requests
+            if grant == "authorization_code"
+        ]
+        assert len(codes) == 1
+
+
+@pytest.mark.anyio
+async def test_dead_oauth_pair_tells_the_model_to_log_in(tmp_path):
+    with Sandbox(seed=25, calls=100) as sandbox:
+        settings = oauth_settings(
+            sandbox,
+            tmp_path / "t.db",
+            amocrm_refresh_token="refresh-that-was-never-issued-0123456789",
+        )
+        async with Client(
+            create_server(settings, store=Store(settings.db_path)), mode="legacy"
+        ) as client:
+            result = await client.call_tool("call_amocrm_api", {"path": "/api/v4/account"})
+        text = result.content[0].text
+        assert result.is_error and "tariti-mcp amocrm login" in text
+        assert "never-issued" not in text

@@ -14,8 +14,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
+from aiolimiter import AsyncLimiter
 
-from ..errors import AMOCRM, AccountBlocked, BadAnswer, InvalidArgument, amocrm_error
+from ..errors import (
+    AMOCRM,
+    AccountBlocked,
+    AuthFailed,
+    BadAnswer,
+    InvalidArgument,
+    amocrm_error,
+)
 from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, rate_limiter, send
 from .tokens import Credentials, LongLivedToken
 
@@ -244,6 +252,7 @@ class AmoCrmClient:
         *,
         timeout: float = 30.0,
         rate_limit: float = 7.0,
+        limiter: AsyncLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
@@ -255,7 +264,8 @@ class AmoCrmClient:
         self.http = build_client(
             self.base_url, timeout, {"Accept": "application/hal+json"}, transport=transport
         )
-        self._limiter = rate_limiter(rate_limit)
+        # One limiter for all amoCRM traffic of the process, the token endpoint included.
+        self.limiter = limiter or rate_limiter(rate_limit)
         self.blocked: AccountBlocked | None = None
 
     @property
@@ -323,7 +333,16 @@ class AmoCrmClient:
         request_id = response.headers.get("x-request-id")
         logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
         if response.status_code >= 300:
-            raise amocrm_error(response, write=method != "GET", secrets=self.credentials.secrets)
+            error = amocrm_error(response, write=method != "GET", secrets=self.credentials.secrets)
+            if isinstance(error, AuthFailed):
+                error = AuthFailed(
+                    AMOCRM,
+                    error.summary,
+                    status=error.status,
+                    request_id=error.request_id,
+                    advice=self.credentials.advice,
+                )
+            raise error
         if response.status_code == 204 or not response.content.strip():
             return Answer(response.status_code, None, request_id)
         try:
@@ -350,7 +369,7 @@ class AmoCrmClient:
             build,
             service=AMOCRM,
             idempotent=method == "GET",
-            limiter=self._limiter,
+            limiter=self.limiter,
             on_wait=on_wait,
             policy=self._policy,
         )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
+from aiolimiter import AsyncLimiter
 from filelock import AsyncFileLock
 
 from ..config import Settings
@@ -35,6 +36,8 @@ LOGIN_ADVICE = "Run `tariti-mcp amocrm login` to authorize the integration again
 class Credentials(Protocol):
     """Where the amoCRM client gets its bearer token."""
 
+    advice: str  # what the operator does when amoCRM refuses these credentials
+
     async def token(self) -> str: ...
 
     async def refresh(self, stale: str) -> str | None:
@@ -49,6 +52,11 @@ class Credentials(Protocol):
 
 class LongLivedToken:
     """``AMOCRM_API_KEY``: one token made by an admin; it cannot be refreshed."""
+
+    advice = (
+        "The operator must check AMOCRM_API_KEY: a long-lived token expires (after 1 day to "
+        "5 years) or is revoked in the integration's settings; issue a new one and restart."
+    )
 
     def __init__(self, token: str) -> None:
         self._token = token
@@ -97,6 +105,8 @@ def digest(secret: str) -> str:
 class OAuthTokens:
     """The OAuth pair of one account, shared through the store by every process using it."""
 
+    advice = LOGIN_ADVICE
+
     def __init__(
         self,
         store: Store,
@@ -106,8 +116,10 @@ class OAuthTokens:
         lock_path: str,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        limiter: AsyncLimiter | None = None,
     ) -> None:
         self._store = store
+        self._limiter = limiter
         self._http = build_client(base_url, timeout, transport=transport)
         self.account = urlsplit(base_url).netloc
         self._app = app
@@ -216,6 +228,8 @@ class OAuthTokens:
             "refresh_token" if grant_type == "refresh_token" else "code": value,
         }
         # Never retried: a lost answer may have spent the refresh token already.
+        if self._limiter is not None:
+            await self._limiter.acquire()  # the token endpoint counts against the same limit
         try:
             response = await self._http.post("/oauth2/access_token", json=body)
         except httpx.TransportError:
@@ -260,7 +274,9 @@ def lock_path_for(store: Store) -> str:
     return store.path + ".amocrm.lock"
 
 
-async def amocrm_credentials(settings: Settings, store: Store) -> Credentials:
+async def amocrm_credentials(
+    settings: Settings, store: Store, limiter: AsyncLimiter | None = None
+) -> Credentials:
     """The credentials the settings ask for; OAuth seeds go into the store once."""
     if settings.amocrm_api_key.get_secret_value():
         return LongLivedToken(settings.amocrm_api_key.get_secret_value())
@@ -275,6 +291,7 @@ async def amocrm_credentials(settings: Settings, store: Store) -> Credentials:
         app,
         lock_path=lock_path_for(store),
         timeout=settings.http_timeout,
+        limiter=limiter,
     )
     refresh_token = settings.amocrm_refresh_token.get_secret_value()
     if refresh_token:
