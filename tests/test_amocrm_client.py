@@ -418,3 +418,8 @@ async def test_expired_long_lived_token_names_the_setting(respx_mock, client):
     )
     with pytest.raises(AuthFailed, match="AMOCRM_API_KEY"):
         await client.request("GET", "/api/v4/account")
+
+
+def test_timestamps_are_sent_as_whole_seconds_not_floats():
+    pairs = flatten_query({"filter[created_at][from]": 1796072400.0})
+    assert pairs == [("filter[created_at][from]", "1796072400")]
