@@ -206,7 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
         if settings.scratch_db:
-            for suffix in ("", "-wal", "-shm", ".amocrm.lock"):
+            for suffix in ("", "-wal", "-shm", ".amocrm.lock", ".migrate.lock"):
                 Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
         if sandbox is not None:
             sandbox.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from filelock import FileLock
 
 from . import phones
 
@@ -240,6 +241,14 @@ class Store:
         self.db.conn.close()
 
     def _migrate(self) -> None:
+        if self.path == ":memory:":
+            self._migrate_locked()
+            return
+        # Two servers started together on a new file must not both create its tables.
+        with FileLock(self.path + ".migrate.lock", timeout=60):
+            self._migrate_locked()
+
+    def _migrate_locked(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(

@@ -110,3 +110,14 @@ def test_lead_read_without_contacts_keeps_its_contact():
     }
     store.upsert_leads([{"id": 1, "_embedded": {"contacts": []}}])  # unlinked since
     assert next(store.query("SELECT contact_id FROM amocrm_leads"))["contact_id"] is None
+
+
+def test_servers_opening_a_new_file_together_migrate_it_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "new.db"
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: Store(path), range(4)))
+    assert {store.schema_version for store in stores} == {SCHEMA_VERSION}
+    for store in stores:
+        store.close()
