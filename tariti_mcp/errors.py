@@ -214,6 +214,8 @@ def amocrm_error(
     kwargs: dict[str, Any] = {"status": status, "request_id": request_id}
 
     if status == 400 or status == 422:
+        if hint:  # the token endpoint puts the useful reason here
+            detail = f"{detail} ({hint})" if detail else hint
         details = [scrub(line, secrets)[:500] for line in validation_details(problem)]
         codes = {line.rsplit("[", 1)[-1].rstrip("]") for line in details if line.endswith("]")}
         hints = [_VALIDATION_HINTS[code] for code in sorted(codes) if code in _VALIDATION_HINTS]

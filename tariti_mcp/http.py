@@ -70,6 +70,33 @@ def rate_limiter(per_second: float) -> AsyncLimiter:
     return AsyncLimiter(1, 1.08 / per_second)
 
 
+class Gate:
+    """All of one service's traffic in this process: a rate limit, a cap on requests in flight,
+    and a stop that holds back every request not yet sent.
+
+    A request takes its place in the rate limit as the very last step before it is sent, with
+    its credentials already in hand: a request that waited elsewhere after taking its place
+    would go out in a burst with the others that waited too.
+    """
+
+    def __init__(self, per_second: float, in_flight: int = 4) -> None:
+        self.limiter = rate_limiter(per_second)
+        # Few requests queue for the limit at a time, so a token fetched before queueing is
+        # still fresh when the request goes out, and a token refresh never waits long for a place.
+        self.in_flight = anyio.Semaphore(in_flight)
+        self.stopped: Exception | None = None
+
+    def check(self) -> None:
+        if self.stopped is not None:
+            raise self.stopped
+
+    async def turn(self) -> None:
+        """Wait for a place in the rate limit; raise if the service was stopped meanwhile."""
+        self.check()
+        await self.limiter.acquire()
+        self.check()
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     if value.isdigit():
@@ -83,7 +110,7 @@ async def send(
     *,
     service: str,
     idempotent: bool,
-    limiter: AsyncLimiter | None = None,
+    gate: Gate | None = None,
     policy: RetryPolicy = DEFAULT_RETRY,
     on_wait: WaitCallback | None = None,
 ) -> httpx.Response:
@@ -143,13 +170,17 @@ async def send(
     )
 
     async def attempt() -> httpx.Response:
-        if limiter is not None:
-            await limiter.acquire()
-        # Built after the wait for the rate limit, so a bearer token is as fresh as can be.
-        outgoing = request if isinstance(request, httpx.Request) else await request()
-        response = await client.send(outgoing)
-        await response.aread()
-        return response
+        if gate is None:
+            outgoing = request if isinstance(request, httpx.Request) else await request()
+            response = await client.send(outgoing)
+            await response.aread()
+            return response
+        async with gate.in_flight:
+            outgoing = request if isinstance(request, httpx.Request) else await request()
+            await gate.turn()
+            response = await client.send(outgoing)
+            await response.aread()
+            return response
 
     try:
         return await retrying(attempt)

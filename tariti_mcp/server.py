@@ -23,7 +23,7 @@ from .amocrm.client import AmoCrmClient
 from .amocrm.tokens import amocrm_credentials
 from .config import Settings
 from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
-from .http import rate_limiter
+from .http import Gate
 from .moizvonki.api import analytics_report, call_action
 from .moizvonki.client import MoizvonkiClient
 from .store import Store
@@ -127,13 +127,10 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         database = store if store is not None else Store(settings.db_path)
         amocrm = None
         if settings.amocrm_configured:
-            limiter = rate_limiter(settings.amocrm_rate_limit)
-            credentials = await amocrm_credentials(settings, database, limiter)
+            gate = Gate(settings.amocrm_rate_limit)
+            credentials = await amocrm_credentials(settings, database, gate)
             amocrm = AmoCrmClient(
-                settings.amocrm_base_url,
-                credentials,
-                timeout=settings.http_timeout,
-                limiter=limiter,
+                settings.amocrm_base_url, credentials, timeout=settings.http_timeout, gate=gate
             )
         moizvonki = None
         if settings.moizvonki_configured:

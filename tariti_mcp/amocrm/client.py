@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
-from aiolimiter import AsyncLimiter
 
 from ..errors import (
     AMOCRM,
@@ -24,7 +23,7 @@ from ..errors import (
     InvalidArgument,
     amocrm_error,
 )
-from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, rate_limiter, send
+from ..http import DEFAULT_RETRY, Gate, RetryPolicy, WaitCallback, build_client, send
 from .tokens import Credentials, LongLivedToken
 
 logger = logging.getLogger(__name__)
@@ -252,7 +251,7 @@ class AmoCrmClient:
         *,
         timeout: float = 30.0,
         rate_limit: float = 7.0,
-        limiter: AsyncLimiter | None = None,
+        gate: Gate | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
@@ -264,9 +263,8 @@ class AmoCrmClient:
         self.http = build_client(
             self.base_url, timeout, {"Accept": "application/hal+json"}, transport=transport
         )
-        # One limiter for all amoCRM traffic of the process, the token endpoint included.
-        self.limiter = limiter or rate_limiter(rate_limit)
-        self.blocked: AccountBlocked | None = None
+        # One gate for all amoCRM traffic of the process, the token endpoint included.
+        self.gate = gate or Gate(rate_limit)
 
     @property
     def host(self) -> str:
@@ -285,8 +283,7 @@ class AmoCrmClient:
         on_wait: WaitCallback | None = None,
     ) -> Answer:
         """Send one request; raise a ServiceError for anything but 2xx."""
-        if self.blocked is not None:
-            raise self.blocked
+        self.gate.check()
         method = method.upper()
         content = None
         if body is not None:
@@ -299,9 +296,9 @@ class AmoCrmClient:
         try:
             return await self._authorized(method, path, query, content, on_wait)
         except AccountBlocked as exc:
-            if self.blocked is None:
+            if self.gate.stopped is None:
                 logger.warning("amoCRM blocked this account; no more requests until restart")
-            self.blocked = exc
+            self.gate.stopped = exc
             raise
 
     async def _authorized(
@@ -369,7 +366,7 @@ class AmoCrmClient:
             build,
             service=AMOCRM,
             idempotent=method == "GET",
-            limiter=self.limiter,
+            gate=self.gate,
             on_wait=on_wait,
             policy=self._policy,
         )

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import anyio
+
 from ..config import Settings
 from ..errors import TaritiError
 from ..store import Store
@@ -78,18 +80,22 @@ def wait_for_callback(redirect_uri: str, state: str, timeout: float) -> str:
     """Serve one request on the redirect URI and return its code."""
     host, port, path = _loopback_redirect(redirect_uri) or ("", 0, "")
     result = Callback()
+    arrived = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             parts = urlsplit(self.path)
             params = parse_qs(parts.query)
-            if parts.path != path or "code" not in params:
+            if parts.path != path or not ({"code", "error"} & params.keys()):
                 self.send_error(404)
                 return
-            if params.get("state", [""])[0] != state:
+            if "error" in params:
+                result.error = f"amoCRM did not grant access ({params['error'][0][:100]})"
+            elif params.get("state", [""])[0] != state:
                 result.error = "the redirect carried another state: start the login again"
             else:
                 result.code = params["code"][0]
+            arrived.set()
             page = "Authorized. You can close this tab." if result.code else result.error
             body = f"<html><body><p>{page}</p></body></html>".encode()
             self.send_response(200 if result.code else 400)
@@ -102,23 +108,20 @@ def wait_for_callback(redirect_uri: str, state: str, timeout: float) -> str:
             return  # the query string holds the code: never logged
 
     try:
-        server = http.server.HTTPServer((host, port), Handler)
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
     except OSError as exc:
         raise LoginError(
             f"cannot listen on {host}:{port} for the redirect: {exc.strerror}"
         ) from None
-    server.timeout = timeout
-    done = threading.Event()
-
-    def serve() -> None:
-        while not (result.code or result.error) and not done.is_set():
-            server.handle_request()
-        server.server_close()
-
-    thread = threading.Thread(target=serve, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+    )
     thread.start()
-    thread.join(timeout)
-    done.set()
+    try:
+        arrived.wait(timeout)
+    finally:
+        server.shutdown()
+        server.server_close()
     if result.error:
         raise LoginError(result.error)
     if not result.code:
@@ -159,7 +162,9 @@ async def login(
             on_consent_url(url)
         if listen and _loopback_redirect(settings.amocrm_redirect_uri):
             say(f"Waiting for amoCRM to send the browser to {settings.amocrm_redirect_uri} ...")
-            code = wait_for_callback(settings.amocrm_redirect_uri, state, timeout)
+            code = await anyio.to_thread.run_sync(
+                wait_for_callback, settings.amocrm_redirect_uri, state, timeout
+            )
         else:
             code = _code_from(
                 ask("Paste the code (or the whole address you were sent to): "), state
@@ -184,7 +189,7 @@ async def login(
         await tokens.exchange_code(code)
         account = (await client.request("GET", "/api/v4/account")).body or {}
     except TaritiError as exc:
-        raise LoginError(str(exc).splitlines()[0]) from None
+        raise LoginError(" ".join(str(exc).split())) from None
     finally:
         await client.aclose()
         await tokens.aclose()

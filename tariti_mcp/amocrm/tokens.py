@@ -18,12 +18,20 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
-from aiolimiter import AsyncLimiter
 from filelock import AsyncFileLock
 
 from ..config import Settings
-from ..errors import AMOCRM, AuthFailed, BadAnswer, ServiceError, amocrm_error
-from ..http import build_client
+from ..errors import (
+    AMOCRM,
+    AccountBlocked,
+    AuthFailed,
+    BadAnswer,
+    Rejected,
+    ServiceError,
+    Unavailable,
+    amocrm_error,
+)
+from ..http import Gate, build_client
 from ..store import Store
 
 logger = logging.getLogger(__name__)
@@ -92,8 +100,9 @@ class TokenPair:
     issued_at: int = 0
 
     def expiring(self, now: float | None = None) -> bool:
-        # A minute early for day-long tokens; a tenth of the life for short ones.
-        margin = min(EXPIRY_MARGIN, max(self.expires_at - self.issued_at, 0) / 10)
+        # A minute early for day-long tokens; a quarter of the life for short ones, longer than
+        # a request can wait for its place in the rate limit (see http.Gate).
+        margin = min(EXPIRY_MARGIN, max(self.expires_at - self.issued_at, 0) / 4)
         return self.expires_at - (now if now is not None else time.time()) < margin
 
 
@@ -116,10 +125,10 @@ class OAuthTokens:
         lock_path: str,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        limiter: AsyncLimiter | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self._store = store
-        self._limiter = limiter
+        self._gate = gate
         self._http = build_client(base_url, timeout, transport=transport)
         self.account = urlsplit(base_url).netloc
         self._app = app
@@ -177,7 +186,7 @@ class OAuthTokens:
         """Spend ``current.refresh_token`` once. Called with both locks held."""
         try:
             pair = await self._grant("refresh_token", current.refresh_token)
-        except AuthFailed as exc:
+        except (AuthFailed, Rejected) as exc:
             # A refused refresh token is dead for good; maybe someone stored a newer one.
             latest = self._stored()
             if latest is not None and latest.refresh_token != current.refresh_token:
@@ -228,8 +237,10 @@ class OAuthTokens:
             "refresh_token" if grant_type == "refresh_token" else "code": value,
         }
         # Never retried: a lost answer may have spent the refresh token already.
-        if self._limiter is not None:
-            await self._limiter.acquire()  # the token endpoint counts against the same limit
+        if self._gate is not None:
+            # Counts against the same limit, but takes no in-flight place: requests holding
+            # those places may be waiting for this very refresh.
+            await self._gate.turn()
         try:
             response = await self._http.post("/oauth2/access_token", json=body)
         except httpx.TransportError:
@@ -239,7 +250,19 @@ class OAuthTokens:
                 advice="The pair may have been rotated without us seeing it. " + LOGIN_ADVICE,
             ) from None
         if response.status_code != 200:
-            raise amocrm_error(response, write=True, secrets=(value, self._app.client_secret))
+            error = amocrm_error(response, secrets=(value, self._app.client_secret))
+            if isinstance(error, AccountBlocked) and self._gate is not None:
+                self._gate.stopped = error
+            if response.status_code >= 500:
+                raise Unavailable(
+                    AMOCRM,
+                    f"amoCRM's token endpoint failed ({response.status_code})",
+                    status=response.status_code,
+                    request_id=error.request_id,
+                    advice="Try again in a minute; if amoCRM rotated the tokens anyway, the next "
+                    "try will say to log in again.",
+                ) from None
+            raise error
         try:
             answer = response.json()
             now = int(time.time())
@@ -275,7 +298,7 @@ def lock_path_for(store: Store) -> str:
 
 
 async def amocrm_credentials(
-    settings: Settings, store: Store, limiter: AsyncLimiter | None = None
+    settings: Settings, store: Store, gate: Gate | None = None
 ) -> Credentials:
     """The credentials the settings ask for; OAuth seeds go into the store once."""
     if settings.amocrm_api_key.get_secret_value():
@@ -291,7 +314,7 @@ async def amocrm_credentials(
         app,
         lock_path=lock_path_for(store),
         timeout=settings.http_timeout,
-        limiter=limiter,
+        gate=gate,
     )
     refresh_token = settings.amocrm_refresh_token.get_secret_value()
     if refresh_token:
