@@ -19,9 +19,10 @@ import anyio
 
 from ..config import Settings
 from ..errors import TaritiError
+from ..http import Gate
 from ..store import Store
 from .client import AmoCrmClient
-from .tokens import OAuthApp, OAuthTokens, lock_path_for
+from .tokens import oauth_tokens
 
 CONSENT_HOSTS = {
     ".amocrm.ru": "www.amocrm.ru",
@@ -172,19 +173,11 @@ async def login(
     if not code:
         raise LoginError("no code was given")
 
-    app = OAuthApp(
-        settings.amocrm_client_id,
-        settings.amocrm_client_secret.get_secret_value(),
-        settings.amocrm_redirect_uri,
+    gate = Gate(settings.amocrm_rate_limit)
+    tokens = oauth_tokens(settings, store, gate)
+    client = AmoCrmClient(
+        settings.amocrm_base_url, tokens, timeout=settings.http_timeout, gate=gate
     )
-    tokens = OAuthTokens(
-        store,
-        settings.amocrm_base_url,
-        app,
-        lock_path=lock_path_for(store),
-        timeout=settings.http_timeout,
-    )
-    client = AmoCrmClient(settings.amocrm_base_url, tokens, timeout=settings.http_timeout)
     try:
         await tokens.exchange_code(code)
         account = (await client.request("GET", "/api/v4/account")).body or {}

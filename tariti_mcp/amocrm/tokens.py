@@ -297,18 +297,14 @@ def lock_path_for(store: Store) -> str:
     return store.path + ".amocrm.lock"
 
 
-async def amocrm_credentials(
-    settings: Settings, store: Store, gate: Gate | None = None
-) -> Credentials:
-    """The credentials the settings ask for; OAuth seeds go into the store once."""
-    if settings.amocrm_api_key.get_secret_value():
-        return LongLivedToken(settings.amocrm_api_key.get_secret_value())
+def oauth_tokens(settings: Settings, store: Store, gate: Gate | None = None) -> OAuthTokens:
+    """The OAuth pair of the configured account, as every process sharing ``store`` sees it."""
     app = OAuthApp(
         settings.amocrm_client_id,
         settings.amocrm_client_secret.get_secret_value(),
         settings.amocrm_redirect_uri,
     )
-    tokens = OAuthTokens(
+    return OAuthTokens(
         store,
         settings.amocrm_base_url,
         app,
@@ -316,6 +312,15 @@ async def amocrm_credentials(
         timeout=settings.http_timeout,
         gate=gate,
     )
+
+
+async def amocrm_credentials(
+    settings: Settings, store: Store, gate: Gate | None = None
+) -> Credentials:
+    """The credentials the settings ask for; OAuth seeds go into the store once."""
+    if settings.amocrm_api_key.get_secret_value():
+        return LongLivedToken(settings.amocrm_api_key.get_secret_value())
+    tokens = oauth_tokens(settings, store, gate)
     refresh_token = settings.amocrm_refresh_token.get_secret_value()
     if refresh_token:
         tokens.seed(refresh_token)
