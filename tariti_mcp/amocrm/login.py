@@ -44,9 +44,7 @@ class Callback:
 def consent_url(settings: Settings, state: str) -> str:
     base = urlsplit(settings.amocrm_base_url)
     host = base.hostname or ""
-    query = urlencode(
-        {"client_id": settings.amocrm_client_id, "state": state, "mode": "post_message"}
-    )
+    query = urlencode({"client_id": settings.amocrm_client_id, "state": state})
     for suffix, consent_host in CONSENT_HOSTS.items():
         if host.endswith(suffix):
             return f"https://{consent_host}/oauth?{query}"
