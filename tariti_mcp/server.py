@@ -99,7 +99,17 @@ def _state(ctx: Context) -> AppState:
 
 
 def _progress(ctx: Context):
+    """A progress reporter for one tool call. MCP wants each value larger than the last, and
+    pages fetched and retry waits report from different counts, so values only move up."""
+    last = -1.0
+
     async def report(done: float, total: float | None, message: str) -> None:
+        nonlocal last
+        if done <= last:
+            done = last + 1
+        if total is not None and done > total:
+            total = None
+        last = done
         await ctx.report_progress(done, total, message)
 
     return report

@@ -525,3 +525,39 @@ async def test_sms_to_a_bad_number_is_refused_before_sending(client, sandbox):
     )
     assert error and "not a valid phone number" in text
     assert len(sandbox.moizvonki.sms) == sent
+
+
+@pytest.mark.anyio
+async def test_progress_values_only_increase(sandbox_settings, store):
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append(progress)
+
+    async with Client(create_server(sandbox_settings, store=store), mode="legacy") as client:
+        result = await client.call_tool(
+            "call_amocrm_api",
+            {"path": "/api/v4/contacts", "query": {"limit": 10}, "all_pages": True, "max_pages": 5},
+            progress_callback=on_progress,
+        )
+    assert not result.is_error
+    assert len(seen) >= 2 and seen == sorted(set(seen))
+
+
+@pytest.mark.anyio
+async def test_retry_waits_and_pages_never_send_a_smaller_progress():
+    from tariti_mcp.server import _progress
+
+    sent = []
+
+    class FakeContext:
+        async def report_progress(self, progress, total, message):
+            sent.append((progress, total))
+
+    report = _progress(FakeContext())
+    await report(0, None, "waiting")  # a retry wait
+    await report(0, None, "waiting again")
+    await report(1, 10, "page 1")
+    await report(5, 10, "page 5")
+    await report(0, None, "waiting")
+    assert [p for p, _ in sent] == [0, 1, 2, 5, 6]
