@@ -321,7 +321,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         An existing contact with the same phone (compared by its last 10 digits, so +7/8 formats
         match) or e-mail is reused and never modified; otherwise a new contact is created.
         Returns lead_id, contact_id, contact_existed and lead_url (the deal in amoCRM's web
-        app). Pass external_id so a repeated call cannot create a second deal."""
+        app). Pass external_id so a repeated call cannot create a second deal; after an unknown
+        outcome, calling again with it looks for the deal in amoCRM before sending anything."""
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_amocrm()

@@ -1,5 +1,7 @@
 """Forwarding when amoCRM's answer is lost: the lead is never sent twice blindly."""
 
+import time
+
 import anyio
 import httpx
 import pytest
@@ -46,15 +48,50 @@ async def test_timed_out_create_is_not_repeated(respx_mock, client):
     respx_mock.get("/api/v4/contacts").mock(return_value=httpx.Response(204))
     create = respx_mock.post("/api/v4/leads/complex").mock(side_effect=httpx.ReadTimeout("slow"))
     store = Store()
-    with pytest.raises(OutcomeUnknown, match="look for it in amoCRM"):
+    with pytest.raises(OutcomeUnknown, match="same external_id"):
         await leads.forward(client, store, lead())
     assert create.call_count == 1
-    row = store.forwarding_by_external_id("form-77")
-    assert row["status"] == "unknown"
+    assert store.forwarding_by_external_id("form-77")["status"] == "unknown"
 
-    with pytest.raises(InvalidArgument, match="outcome is not known"):
+    # amoCRM did create it: the repeat finds the deal by time and title and creates nothing.
+    found = {
+        "_page": 1,
+        "_embedded": {
+            "leads": [
+                {
+                    "id": 555,
+                    "name": "site: Анна",
+                    "created_at": int(time.time()),
+                    "_embedded": {"contacts": [{"id": 66, "is_main": True}]},
+                }
+            ]
+        },
+    }
+    search = respx_mock.get("/api/v4/leads").mock(return_value=httpx.Response(200, json=found))
+    result = await leads.forward(client, store, lead())
+    assert (result["lead_id"], result["contact_id"], result["duplicate"]) == (555, 66, True)
+    assert create.call_count == 1 and search.call_count == 1
+    assert store.forwarding_by_external_id("form-77")["status"] == "delivered"
+
+
+@pytest.mark.anyio
+@respx.mock(base_url=BASE, assert_all_called=False)
+async def test_unknown_outcome_not_found_in_amocrm_is_sent_once_more(respx_mock, client):
+    respx_mock.get("/api/v4/contacts").mock(return_value=httpx.Response(204))
+    create = respx_mock.post("/api/v4/leads/complex").mock(
+        side_effect=[
+            httpx.ReadTimeout("slow"),
+            httpx.Response(200, json=[{"id": 9, "contact_id": 8, "request_id": ["0"]}]),
+        ]
+    )
+    respx_mock.post("/api/v4/leads/9/notes").mock(return_value=httpx.Response(200, json={}))
+    respx_mock.get("/api/v4/leads").mock(return_value=httpx.Response(204))
+    store = Store()
+    with pytest.raises(OutcomeUnknown):
         await leads.forward(client, store, lead())
-    assert create.call_count == 1
+    result = await leads.forward(client, store, lead())
+    assert (result["lead_id"], result["duplicate"]) == (9, False)
+    assert create.call_count == 2
 
 
 @pytest.mark.anyio

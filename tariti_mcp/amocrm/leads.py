@@ -255,6 +255,11 @@ async def _forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dic
     }
     if lead.external_id:
         earlier = store.claim_forwarding(record)
+        if earlier is not None and _outcome_unknown(earlier):
+            recovered = await _recover(client, store, earlier, lead)
+            if recovered is not None:
+                return recovered
+            earlier = store.forwarding(earlier["id"]) or earlier
         if earlier is not None:
             repeat = _repeat(store, earlier, record)
             if repeat is not None:
@@ -276,10 +281,18 @@ async def _forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dic
         lead_id, contact_id = await _create(client, lead, contact)
     except OutcomeUnknown as exc:
         store.update_forwarding(forwarding_id, status="unknown", last_error=str(exc))
+        if lead.external_id:
+            raise OutcomeUnknown(
+                AMOCRM,
+                f"the lead may or may not have been created (forwarding {forwarding_id})",
+                advice="Forward it again with the same external_id later: the server first "
+                "looks for the deal in amoCRM and creates it only if it is not there.",
+            ) from None
         raise OutcomeUnknown(
             AMOCRM,
-            f"the lead may or may not have been created (forwarding {forwarding_id}); "
-            "look for it in amoCRM before forwarding it again",
+            f"the lead may or may not have been created (forwarding {forwarding_id})",
+            advice="Without an external_id the server cannot tell a repeat from a new lead: "
+            "look for the deal in amoCRM before forwarding it again.",
         ) from None
     except ServiceError as exc:
         store.update_forwarding(forwarding_id, status="failed", last_error=str(exc))
@@ -355,6 +368,75 @@ def _attempts(store: Store, forwarding_id: str) -> int:
     return int(row.get("attempts") or 0) + 1
 
 
+def _outcome_unknown(row: dict[str, Any]) -> bool:
+    """Sent with no answer, or left mid-write by a process that is gone."""
+    stale = time.time() - (row.get("updated_at") or 0) >= PENDING_STALE
+    return row.get("status") == "unknown" or (row.get("status") == "sending" and stale)
+
+
+async def _recover(
+    client: AmoCrmClient, store: Store, earlier: dict[str, Any], lead: LeadRequest
+) -> dict[str, Any] | None:
+    """Look in amoCRM for the deal an earlier attempt may have created.
+
+    Found: the forwarding is delivered after all. Not found: it is marked failed, so it may be
+    sent again. The search is by creation time and title, not by full-text search, whose
+    index may lag behind a deal created moments ago.
+    """
+    since = int(min(earlier.get("created_at") or 0, earlier.get("updated_at") or 0)) - 120
+    title = lead.title[:MAX_NAME]
+    query = [
+        ("filter[created_at][from]", str(since)),
+        ("filter[created_at][to]", str(int(time.time()) + 60)),
+        ("with", "contacts"),
+        ("limit", "250"),
+    ]
+    target: tuple[str, list[tuple[str, str]]] | None = ("/api/v4/leads", query)
+    matches: list[dict[str, Any]] = []
+    for _ in range(SEARCH_PAGES):
+        if target is None:
+            break
+        answer = await client.request("GET", target[0], target[1])
+        listing = list_items(answer.body)
+        if listing is None:
+            break
+        matches += [d for d in listing[1] if isinstance(d, dict) and d.get("name") == title]
+        href = next_link(answer.body)
+        target = client.follow(href) if href else None
+    if not matches:
+        store.update_forwarding(
+            earlier["id"],
+            status="failed",
+            last_error="no deal found in amoCRM after an unknown outcome; it may be sent again",
+        )
+        logger.info("forwarding %s: no deal found after an unknown outcome", earlier["id"])
+        return None
+
+    found = min(matches, key=lambda d: (d.get("created_at") or 0, d.get("id") or 0))
+    contacts = (found.get("_embedded") or {}).get("contacts") or []
+    contact_id = int(contacts[0]["id"]) if contacts and contacts[0].get("id") else 0
+    lead_url = f"{client.base_url}/leads/detail/{found['id']}"
+    store.update_forwarding(
+        earlier["id"],
+        status="delivered",
+        lead_id=int(found["id"]),
+        contact_id=contact_id,
+        lead_url=lead_url,
+        last_error=None,
+    )
+    return {
+        "forwarding_id": earlier["id"],
+        "status": "delivered",
+        "duplicate": True,
+        "lead_id": int(found["id"]),
+        "contact_id": contact_id,
+        "contact_existed": bool(earlier.get("contact_existed")),
+        "lead_url": lead_url,
+        "note": "the earlier attempt's answer was lost, but its deal was found in amoCRM; "
+        "nothing new was created",
+    }
+
+
 def _repeat(store: Store, earlier: dict[str, Any], record: dict[str, Any]) -> dict[str, Any] | None:
     """The answer for an ``external_id`` seen before, or None when it may be sent again."""
     status = earlier.get("status")
@@ -376,9 +458,8 @@ def _repeat(store: Store, earlier: dict[str, Any], record: dict[str, Any]) -> di
         )
     if status in ("sending", "unknown"):
         raise InvalidArgument(
-            f"external_id {record['external_id']!r} was already forwarded (forwarding "
-            f"{earlier['id']}) and its outcome is not known yet: check amoCRM for the lead "
-            "before forwarding it again"
+            f"external_id {record['external_id']!r} is being forwarded right now (forwarding "
+            f"{earlier['id']}); call again in a few minutes to get its result"
         )
     # A failed forwarding may be sent again, with the caller's corrected data.
     store.update_forwarding(
