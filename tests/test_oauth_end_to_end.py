@@ -287,7 +287,7 @@ async def test_block_stops_requests_already_waiting(tmp_path):
         blocked = [r for r in answers if r.is_error]
         assert blocked and all("blocked" in r.content[0].text for r in blocked)
         refused = [entry for entry in sandbox.amocrm.requests if entry[3] == 403]
-        assert len(refused) <= 2  # only what was already on the wire when the block came
+        assert len(refused) <= 4  # only what was already on the wire (the gate lets 4 queue)
 
 
 @pytest.mark.anyio
