@@ -384,7 +384,12 @@ async def _recover(
     index may lag behind a deal created moments ago.
     """
     since = int(min(earlier.get("created_at") or 0, earlier.get("updated_at") or 0)) - 120
-    title = lead.title[:MAX_NAME]
+    # The deal carries the title of the attempt that was sent, whatever this call says now.
+    try:
+        sent = LeadRequest(**json.loads(earlier.get("request") or "{}"))
+    except (TypeError, ValueError):
+        sent = lead
+    title = sent.title[:MAX_NAME]
     query = [
         ("filter[created_at][from]", str(since)),
         ("filter[created_at][to]", str(int(time.time()) + 60)),
