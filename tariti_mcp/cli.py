@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__, logs
 from .config import ConfigError, Settings, load_settings
+from .store import Store
 
 logger = logging.getLogger("tariti_mcp")
 
@@ -154,12 +155,27 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _configured(env_file: str | None) -> Settings:
+    """Settings read and logging set up, as every command needs; ConfigError is one line."""
+    settings = load_settings(env_file)
+    logs.configure(settings.log_level, settings.secrets())
+    return settings
+
+
+def _open_store(settings: Settings) -> Store:
+    try:
+        return Store(settings.db_path)
+    except (sqlite3.Error, OSError, RuntimeError) as exc:
+        raise ConfigError(
+            f"cannot open the database {str(settings.db_path)!r} (TARITI_DB_PATH): {exc}"
+        ) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.env_file)
+        settings = _configured(args.env_file)
     except ConfigError as exc:
         return _fail(str(exc))
-    logs.configure(settings.log_level, settings.secrets())
 
     sandbox = None
     scratch = None
@@ -183,7 +199,6 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
 
     from .server import create_server
-    from .store import Store
 
     for service, missing in (
         ("amoCRM", settings.missing_amocrm()),
@@ -194,11 +209,11 @@ def _serve(args: argparse.Namespace) -> int:
                 "%s is not configured (set %s); its tools will say so", service, ", ".join(missing)
             )
     try:
-        store = Store(settings.db_path)
-    except (sqlite3.Error, OSError, RuntimeError) as exc:
+        store = _open_store(settings)
+    except ConfigError as exc:
         if sandbox is not None:
             sandbox.stop()
-        return _fail(f"cannot open the database {str(settings.db_path)!r} (TARITI_DB_PATH): {exc}")
+        return _fail(str(exc))
     try:
         create_server(settings, store=store).run()
     except KeyboardInterrupt:
@@ -257,13 +272,12 @@ def _login(args: argparse.Namespace) -> int:
     import anyio
 
     from .amocrm.login import LoginError, login
-    from .store import Store
 
     try:
-        settings = load_settings(args.env_file)
+        settings = _configured(args.env_file)
+        store = _open_store(settings)
     except ConfigError as exc:
         return _fail(str(exc))
-    logs.configure(settings.log_level, settings.secrets())
 
     def say(line: str) -> None:
         sys.stdout.write(line + "\n")
@@ -274,10 +288,6 @@ def _login(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return sys.stdin.readline()
 
-    try:
-        store = Store(settings.db_path)
-    except (sqlite3.Error, OSError, RuntimeError) as exc:
-        return _fail(f"cannot open the database {str(settings.db_path)!r} (TARITI_DB_PATH): {exc}")
     try:
         outcome = anyio.run(
             lambda: login(

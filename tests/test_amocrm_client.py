@@ -48,6 +48,18 @@ def hal(entity, items, page=1, next_page=None):
     return httpx.Response(200, json=body, headers={"X-Request-Id": f"req-{page}"})
 
 
+def validation_problem(code: str, path: str, detail: str) -> dict:
+    """amoCRM's 400 body for one bad field of item 0, in the reference's shape."""
+    return {
+        "validation-errors": [
+            {"request_id": "0", "errors": [{"code": code, "path": path, "detail": detail}]}
+        ],
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Request validation failed",
+    }
+
+
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
@@ -163,23 +175,11 @@ async def test_status_id_filter_refused_with_the_right_form(client):
 @pytest.mark.anyio
 @respx.mock(base_url=BASE, assert_all_called=False)
 async def test_validation_errors_are_readable(respx_mock, client):
-    problem = {
-        "validation-errors": [
-            {
-                "request_id": "0",
-                "errors": [
-                    {
-                        "code": "NotSupportedChoice",
-                        "path": "custom_fields_values.0.field_id",
-                        "detail": "The value you selected is not a valid choice.",
-                    }
-                ],
-            }
-        ],
-        "title": "Bad Request",
-        "status": 400,
-        "detail": "Request validation failed",
-    }
+    problem = validation_problem(
+        "NotSupportedChoice",
+        "custom_fields_values.0.field_id",
+        "The value you selected is not a valid choice.",
+    )
     respx_mock.post("/api/v4/leads").mock(
         return_value=httpx.Response(
             400,
@@ -360,23 +360,9 @@ async def test_next_link_to_another_host_is_not_followed(respx_mock, client):
 @pytest.mark.anyio
 @respx.mock(base_url=BASE, assert_all_called=False)
 async def test_whole_read_object_sent_back_gets_the_minimal_shape_hint(respx_mock, client):
-    problem = {
-        "validation-errors": [
-            {
-                "request_id": "0",
-                "errors": [
-                    {
-                        "code": "FieldNotExpected",
-                        "path": "custom_fields_values.0.field_name",
-                        "detail": "This field was not expected.",
-                    }
-                ],
-            }
-        ],
-        "title": "Bad Request",
-        "status": 400,
-        "detail": "Request validation failed",
-    }
+    problem = validation_problem(
+        "FieldNotExpected", "custom_fields_values.0.field_name", "This field was not expected."
+    )
     respx_mock.patch("/api/v4/leads").mock(return_value=httpx.Response(400, json=problem))
     with pytest.raises(Rejected) as info:
         await client.request("PATCH", "/api/v4/leads", body=[{"id": 1}])
@@ -386,23 +372,11 @@ async def test_whole_read_object_sent_back_gets_the_minimal_shape_hint(respx_moc
 @pytest.mark.anyio
 @respx.mock(base_url=BASE, assert_all_called=False)
 async def test_field_id_of_another_entity_points_to_custom_fields(respx_mock, client):
-    problem = {
-        "validation-errors": [
-            {
-                "request_id": "0",
-                "errors": [
-                    {
-                        "code": "NotSupportedChoice",
-                        "path": "custom_fields_values.0.field_id",
-                        "detail": "The value you selected is not a valid choice.",
-                    }
-                ],
-            }
-        ],
-        "title": "Bad Request",
-        "status": 400,
-        "detail": "Request validation failed",
-    }
+    problem = validation_problem(
+        "NotSupportedChoice",
+        "custom_fields_values.0.field_id",
+        "The value you selected is not a valid choice.",
+    )
     respx_mock.post("/api/v4/leads").mock(return_value=httpx.Response(400, json=problem))
     with pytest.raises(Rejected, match="custom_fields"):
         await client.request("POST", "/api/v4/leads", body=[{"name": "x"}])
