@@ -170,6 +170,24 @@ class Settings(BaseSettings):
     log_level: str = Field("WARNING", validation_alias="TARITI_LOG_LEVEL")
     http_timeout: float = Field(20.0, gt=0, le=300, validation_alias="TARITI_HTTP_TIMEOUT")
     _scratch_db: bool = PrivateAttr(False)
+    # Forwarding leads: where they land, how repeats are recognised, how the outbox retries.
+    forward_pipeline: str = Field("", validation_alias="TARITI_FORWARD_PIPELINE")
+    forward_status: str = Field("", validation_alias="TARITI_FORWARD_STATUS")
+    forward_responsible: str = Field("", validation_alias="TARITI_FORWARD_RESPONSIBLE")
+    dedupe_window_hours: float = Field(
+        24.0, ge=0, le=24 * 90, validation_alias="TARITI_DEDUPE_WINDOW_HOURS"
+    )
+    add_contact_details: bool = Field(False, validation_alias="TARITI_ADD_CONTACT_DETAILS")
+    catalog_ttl: float = Field(600.0, ge=0, le=86_400, validation_alias="TARITI_CATALOG_TTL")
+    outbox_interval: float = Field(30.0, gt=0, le=3_600, validation_alias="TARITI_OUTBOX_INTERVAL")
+    outbox_max_backoff: float = Field(
+        900.0, gt=0, le=86_400, validation_alias="TARITI_OUTBOX_MAX_BACKOFF"
+    )
+    # How long after a write with no answer the deal is looked for, so a request amoCRM was
+    # still working on has landed before we decide it did not.
+    outbox_check_delay: float = Field(
+        60.0, ge=0, le=3_600, validation_alias="TARITI_OUTBOX_CHECK_DELAY"
+    )
     analytics_freshness: float = Field(
         60.0, ge=0, validation_alias=AliasChoices("TARITI_ANALYTICS_FRESHNESS")
     )

@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -20,6 +20,7 @@ from . import __version__
 from .amocrm import leads as amocrm_leads
 from .amocrm.api import call_api
 from .amocrm.client import AmoCrmClient
+from .amocrm.outbox import Outbox, outbox_for
 from .amocrm.tokens import amocrm_credentials
 from .config import Settings
 from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
@@ -72,12 +73,17 @@ class AppState:
     store: Store
     amocrm: AmoCrmClient | None
     moizvonki: MoizvonkiClient | None
-    forwarding: anyio.Lock = field(default_factory=anyio.Lock)
+    outbox: Outbox | None = None
 
     def require_amocrm(self) -> AmoCrmClient:
         if self.amocrm is None:
             raise NotConfigured(AMOCRM, self.settings.missing_amocrm())
         return self.amocrm
+
+    def require_outbox(self) -> Outbox:
+        if self.outbox is None:
+            raise NotConfigured(AMOCRM, self.settings.missing_amocrm())
+        return self.outbox
 
     def require_moizvonki(self) -> MoizvonkiClient:
         if self.moizvonki is None:
@@ -156,8 +162,16 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             "configured" if moizvonki else "not configured",
             database.path,
         )
+        outbox = outbox_for(amocrm, database, settings) if amocrm is not None else None
         try:
-            yield AppState(settings, database, amocrm, moizvonki)
+            async with anyio.create_task_group() as background:
+                if outbox is not None:
+                    # Leads that could not be delivered when they came go out from here.
+                    background.start_soon(outbox.run)
+                try:
+                    yield AppState(settings, database, amocrm, moizvonki, outbox)
+                finally:
+                    background.cancel_scope.cancel()
         finally:
             if amocrm is not None:
                 await amocrm.credentials.aclose()
@@ -300,47 +314,88 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 "nothing. Strongly recommended."
             ),
         ] = "",
+        company: Annotated[
+            str, Field(description="Company name; an existing company of that name is reused.")
+        ] = "",
         price: Annotated[
             int, Field(description="Deal value, whole units of the account's currency.", ge=0)
         ] = 0,
-        pipeline_id: Annotated[
-            int, Field(description="Pipeline id; 0 = the account's main pipeline.", ge=0)
-        ] = 0,
-        status_id: Annotated[
-            int, Field(description="Status id within that pipeline; 0 = its first stage.", ge=0)
-        ] = 0,
+        pipeline: Annotated[
+            str,
+            Field(description="Pipeline name or id, e.g. 'Продажи'; empty = the default one."),
+        ] = "",
+        status: Annotated[
+            str,
+            Field(
+                description="Status (stage) name or id within that pipeline; empty = its first "
+                "stage."
+            ),
+        ] = "",
+        responsible: Annotated[
+            str, Field(description="Responsible manager: amoCRM user id, e-mail or name.")
+        ] = "",
         tags: Annotated[
             list[str], Field(description="Tag names for the deal.", default_factory=list)
+        ],
+        utm_source: Annotated[str, Field(description="UTM source, e.g. yandex.")] = "",
+        utm_medium: Annotated[str, Field(description="UTM medium, e.g. cpc.")] = "",
+        utm_campaign: Annotated[str, Field(description="UTM campaign.")] = "",
+        utm_content: Annotated[str, Field(description="UTM content.")] = "",
+        utm_term: Annotated[str, Field(description="UTM term.")] = "",
+        custom_fields: Annotated[
+            dict[str, Any],
+            Field(
+                description='Other deal fields by code or name, e.g. {"Источник": "Сайт"}; '
+                "choice fields take the choice's label, multi-choice a list of labels.",
+                default_factory=dict,
+            ),
         ],
         lead_name: Annotated[
             str, Field(description="Deal title; default '<source>: <name>'.")
         ] = "",
+        dry_run: Annotated[
+            bool,
+            Field(description="Check everything and return the exact requests; send nothing."),
+        ] = False,
         ctx: Context,
     ) -> Answer:
-        """Turn an inbound lead into an amoCRM deal linked to its contact. Needs phone or email.
-        An existing contact with the same phone (compared by its last 10 digits, so +7/8 formats
-        match) or e-mail is reused and never modified; otherwise a new contact is created.
-        Returns lead_id, contact_id, contact_existed and lead_url (the deal in amoCRM's web
-        app). Pass external_id so a repeated call cannot create a second deal; after an unknown
-        outcome, calling again with it looks for the deal in amoCRM before sending anything."""
+        """Turn an inbound lead into an amoCRM deal linked to its contact, exactly once. Needs
+        phone or email. An existing contact with the same phone (compared by its last 10 digits,
+        so +7/8 formats match) or e-mail is reused and never modified; otherwise one is created.
+        Pipeline, status, manager and fields may be given by name. Answers status "delivered"
+        with lead_id, contact_id and lead_url (the deal in amoCRM's web app), or "queued" when
+        amoCRM cannot take it now: the server then delivers it by itself, so never resend it
+        another way. The same external_id (or, without one, the same phone/e-mail and name
+        within a day) returns the first result with duplicate=true."""
         state = _state(ctx)
         with _as_tool_errors():
-            client = state.require_amocrm()
+            outbox = state.require_outbox()
+            utm = {
+                "utm_source": utm_source,
+                "utm_medium": utm_medium,
+                "utm_campaign": utm_campaign,
+                "utm_content": utm_content,
+                "utm_term": utm_term,
+            }
             lead = amocrm_leads.prepare(
+                region=state.settings.default_region,
                 name=name,
                 phone=phone,
                 email=email,
                 message=message,
                 source=source,
                 external_id=external_id,
+                company=company,
                 price=price,
-                pipeline_id=pipeline_id,
-                status_id=status_id,
+                pipeline=pipeline,
+                status=status,
+                responsible=responsible,
                 tags=tags,
+                utm=utm,
+                custom_fields=_json_argument(custom_fields, "custom_fields") or {},
                 lead_name=lead_name,
-                region=state.settings.default_region,
             )
-            return _answer(await amocrm_leads.forward(client, state.store, lead, state.forwarding))
+            return _answer(await outbox.submit(lead, dry_run=dry_run))
 
     @_tool(
         title="Moizvonki API action",

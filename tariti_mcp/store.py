@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from . import phones
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A column value the answer did not carry: keep what the store already has.
 UNKNOWN: Any = object()
@@ -209,7 +210,34 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2]
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # The outbox: a forwarding is a row that moves queued -> sending -> delivered (or unknown,
+    # checked in amoCRM, or failed with amoCRM's reason); a process holds a row while it works
+    # on it, so two processes never deliver one lead at once.
+    table = db["forwarded_leads"]
+    for column, kind in (
+        ("dedupe_key", str),
+        ("next_attempt_at", int),
+        ("claimed_until", int),
+        ("sent_at", int),
+        ("delivered_at", int),
+        ("company_id", int),
+        ("amocrm_pipeline_id", int),
+        ("amocrm_status_id", int),
+        ("responsible_user_id", int),
+        ("followups", str),
+    ):
+        table.add_column(column, kind)
+    db.execute("UPDATE forwarded_leads SET status = 'queued' WHERE status = 'pending'")
+    db.execute(
+        "UPDATE forwarded_leads SET dedupe_key = 'external:' || external_id "
+        "WHERE external_id IS NOT NULL"
+    )
+    table.create_index(["dedupe_key", "created_at"])
+    table.create_index(["status", "next_attempt_at"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3]
 
 
 def _create_private(path: Path) -> None:
@@ -413,22 +441,46 @@ class Store:
             )
         return self._upsert("amocrm_users", rows, "id")
 
-    # --- forwarded leads ----------------------------------------------------------------------
+    # --- forwarded leads (the outbox) --------------------------------------------------------
 
     def forwarding_by_external_id(self, external_id: str) -> dict[str, Any] | None:
         rows = list(self.db["forwarded_leads"].rows_where("external_id = ?", [external_id]))
         return rows[0] if rows else None
 
-    def claim_forwarding(self, record: dict[str, Any]) -> dict[str, Any] | None:
-        """Insert a new forwarding; return the existing row instead if its external id is taken."""
+    def accept_forwarding(
+        self, record: dict[str, Any], window: float
+    ) -> tuple[dict[str, Any], bool]:
+        """Record a forwarding before anything is sent; return (row, True) when it is new.
+
+        A forwarding with the same ``external_id``, or else with the same ``dedupe_key`` made
+        less than ``window`` seconds ago and not failed, is returned as it is, with False. The
+        check and the insert are one transaction, so two processes cannot both accept one lead.
+        """
         now = _now()
-        row = {"status": "pending", "attempts": 0, "created_at": now, "updated_at": now, **record}
-        try:
-            with self.db.conn:
-                self.db["forwarded_leads"].insert(row)
-        except sqlite3.IntegrityError:
-            return self.forwarding_by_external_id(record["external_id"])
-        return None
+        row = {
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "next_attempt_at": now,
+            **record,
+        }
+        with self._immediate():
+            if record.get("external_id"):
+                earlier = self.forwarding_by_external_id(record["external_id"])
+            else:
+                earlier = next(
+                    self.query(
+                        "SELECT * FROM forwarded_leads WHERE dedupe_key = ? AND created_at >= ? "
+                        "AND status != 'failed' ORDER BY created_at DESC LIMIT 1",
+                        [record["dedupe_key"], now - window],
+                    ),
+                    None,
+                )
+            if earlier is not None:
+                return earlier, False
+            self.db["forwarded_leads"].insert(row)
+        return self.forwarding(record["id"]) or row, True
 
     def update_forwarding(self, forwarding_id: str, **fields: Any) -> None:
         fields["updated_at"] = _now()
@@ -438,6 +490,72 @@ class Store:
     def forwarding(self, forwarding_id: str) -> dict[str, Any] | None:
         rows = list(self.db["forwarded_leads"].rows_where("id = ?", [forwarding_id]))
         return rows[0] if rows else None
+
+    def take_forwarding(self, forwarding_id: str, lease: float) -> dict[str, Any] | None:
+        """Hold a forwarding for ``lease`` seconds; None when another worker holds it now."""
+        now = _now()
+        with self._immediate():
+            cursor = self.db.execute(
+                "UPDATE forwarded_leads SET claimed_until = ? WHERE id = ? "
+                "AND (claimed_until IS NULL OR claimed_until < ?)",
+                [now + int(lease), forwarding_id, now],
+            )
+            if cursor.rowcount != 1:
+                return None
+        return self.forwarding(forwarding_id)
+
+    def release_forwarding(self, forwarding_id: str) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE forwarded_leads SET claimed_until = NULL WHERE id = ?", [forwarding_id]
+            )
+
+    def due_forwardings(self, now: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Forwardings with work to do now, oldest first: queued, unknown, left mid-send by a
+        process that is gone, or delivered with a step (note, company) still to make."""
+        at = int(now if now is not None else time.time())
+        return list(
+            self.query(
+                "SELECT * FROM forwarded_leads WHERE (claimed_until IS NULL OR claimed_until < ?) "
+                "AND (status IN ('queued', 'unknown', 'sending') "
+                "OR (status = 'delivered' AND followups IS NOT NULL AND followups != '[]')) "
+                "AND COALESCE(next_attempt_at, 0) <= ? ORDER BY created_at, id LIMIT ?",
+                [at, at, limit],
+            )
+        )
+
+    def pending_leads(self) -> list[dict[str, Any]]:
+        """Forwardings not delivered yet, and failed ones, for people to look at."""
+        return list(
+            self.query(
+                "SELECT * FROM forwarded_leads WHERE status != 'delivered' "
+                "OR (followups IS NOT NULL AND followups != '[]') ORDER BY created_at, id"
+            )
+        )
+
+    def lead_claimed(self, lead_id: int, other_than: str) -> bool:
+        """Another forwarding already owns this amoCRM deal."""
+        return (
+            next(
+                self.query(
+                    "SELECT 1 FROM forwarded_leads WHERE lead_id = ? AND id != ? LIMIT 1",
+                    [lead_id, other_than],
+                ),
+                None,
+            )
+            is not None
+        )
+
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """A write transaction taken at once, so a read inside it cannot go stale."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.conn.commit()
 
     # --- amoCRM OAuth tokens ------------------------------------------------------------------
 

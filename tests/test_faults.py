@@ -9,6 +9,7 @@ import json
 import logging
 from zoneinfo import ZoneInfo
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -84,11 +85,26 @@ async def test_every_read_survives_a_thirty_percent_fault_rate(faulty, tmp_path,
     assert faulty.amocrm.rate_limited == 0
 
 
+async def wait_for_outbox(store: Store, seconds: float = 60.0) -> list[dict]:
+    """Let the server's background delivery run until nothing is left to do."""
+    with anyio.move_on_after(seconds):
+        while store.pending_leads():
+            await anyio.sleep(0.1)
+    return store.pending_leads()
+
+
 @pytest.mark.anyio
 async def test_no_write_is_repeated_when_answers_are_lost(faulty, tmp_path):
-    settings = settings_for(faulty, tmp_path)
+    settings = settings_for(
+        faulty,
+        tmp_path,
+        outbox_check_delay=0.3,
+        outbox_max_backoff=1.0,
+        outbox_interval=0.2,
+    )
+    store = Store()
     outcomes = []
-    async with Client(create_server(settings, store=Store()), mode="legacy") as client:
+    async with Client(create_server(settings, store=store), mode="legacy") as client:
         for number in range(30):
             arguments = {
                 "name": f"Фаулт {number}",
@@ -98,18 +114,22 @@ async def test_no_write_is_repeated_when_answers_are_lost(faulty, tmp_path):
             }
             for _ in range(2):  # a model that retries every forwarding once
                 result = await client.call_tool("forward_lead_to_amocrm", arguments)
-                outcomes.append((number, result.is_error, result.content[0].text))
+                assert not result.is_error, result.content[0].text
+                outcomes.append((number, json.loads(result.content[0].text)))
+        left = await wait_for_outbox(store)
+    assert left == []
     for number in range(30):
         created = [
             lead for lead in faulty.amocrm.leads.values() if lead["name"] == f"fault lead {number}"
         ]
-        assert len(created) <= 1, (number, [o for o in outcomes if o[0] == number])
-        delivered = [o for o in outcomes if o[0] == number and not o[1]]
-        if delivered:
-            answer = json.loads(delivered[0][2])
-            assert [lead["id"] for lead in created] == [answer["lead_id"]]
-    assert any(error for _, error, _ in outcomes)  # the faults did bite
-    assert sum(1 for _, error, _ in outcomes if not error) >= 10
+        row = store.forwarding_by_external_id(f"fault-{number}")
+        assert [lead["id"] for lead in created] == [row["lead_id"]], (number, row)
+        for answer in (a for n, a in outcomes if n == number):
+            assert answer["status"] in ("delivered", "queued")
+            if answer["status"] == "delivered":
+                assert answer["lead_id"] == row["lead_id"]
+    assert any(a["status"] == "queued" for _, a in outcomes)  # the faults did bite
+    assert sum(1 for _, a in outcomes if a["status"] == "delivered") >= 10
 
 
 @pytest.mark.anyio
@@ -129,5 +149,8 @@ async def test_blocked_account_stops_all_traffic(tmp_path):
             forwarded = await client.call_tool(
                 "forward_lead_to_amocrm", {"name": "X", "phone": "+7 999 000 11 22"}
             )
-            assert forwarded.is_error and "blocked" in forwarded.content[0].text
+            # Not lost: kept in the outbox until the block is lifted and the server restarted.
+            answer = json.loads(forwarded.content[0].text)
+            assert not forwarded.is_error and answer["status"] == "queued"
+            assert "blocked" in answer["reason"]
             assert len(sandbox.amocrm.requests) == seen

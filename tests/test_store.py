@@ -83,12 +83,34 @@ def test_contact_phones_indexed_by_last_ten_digits():
     assert row == {"phone_last10": "9030001122 9161234567", "emails": '["ivan@example.ru"]'}
 
 
-def test_forwarding_claimed_once_per_external_id():
+def test_forwarding_accepted_once_per_external_id():
     store = Store()
-    assert store.claim_forwarding({"id": "a", "external_id": "form-1"}) is None
-    assert store.claim_forwarding({"id": "b", "external_id": "form-1"})["id"] == "a"
-    assert store.claim_forwarding({"id": "c", "external_id": None}) is None
-    assert store.claim_forwarding({"id": "d", "external_id": None}) is None
+    first, new = store.accept_forwarding({"id": "a", "external_id": "f1", "dedupe_key": "k"}, 0)
+    assert (first["id"], first["status"], new) == ("a", "queued", True)
+    again, new = store.accept_forwarding({"id": "b", "external_id": "f1", "dedupe_key": "k"}, 0)
+    assert (again["id"], new) == ("a", False)
+
+
+def test_forwarding_without_external_id_is_one_per_window():
+    store = Store()
+    assert store.accept_forwarding({"id": "a", "dedupe_key": "p"}, 3600)[1] is True
+    assert store.accept_forwarding({"id": "b", "dedupe_key": "p"}, 3600)[0]["id"] == "a"
+    assert store.accept_forwarding({"id": "c", "dedupe_key": "q"}, 3600)[1] is True
+    # Outside the window, or after a failure, the same person makes a new forwarding.
+    store.db.execute("UPDATE forwarded_leads SET created_at = created_at - 7200 WHERE id = 'a'")
+    assert store.accept_forwarding({"id": "d", "dedupe_key": "p"}, 3600)[1] is True
+    store.update_forwarding("d", status="failed")
+    assert store.accept_forwarding({"id": "e", "dedupe_key": "p"}, 3600)[1] is True
+
+
+def test_a_forwarding_is_held_by_one_worker_at_a_time():
+    store = Store()
+    store.accept_forwarding({"id": "a", "dedupe_key": "p"}, 0)
+    assert store.take_forwarding("a", 300)["id"] == "a"
+    assert store.take_forwarding("a", 300) is None
+    assert store.due_forwardings() == []
+    store.release_forwarding("a")
+    assert [row["id"] for row in store.due_forwardings()] == ["a"]
 
 
 def test_unsupervised_read_does_not_erase_call_owner():

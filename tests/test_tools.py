@@ -467,17 +467,17 @@ async def test_concurrent_forwards_of_one_new_person_make_one_contact(client, sa
     forms = [f"+7 {national}", f"8 ({national[:3]}) {national[3:]}", national]
     results = []
 
-    async def forward(phone):
-        results.append(
-            await call(client, "forward_lead_to_amocrm", {"name": "Ольга", "phone": phone})
-        )
+    async def forward(phone, name):
+        results.append(await call(client, "forward_lead_to_amocrm", {"name": name, "phone": phone}))
 
+    # Three different requests (names differ), so three deals, but one person: one contact.
     async with anyio.create_task_group() as group:
-        for phone in forms:
-            group.start_soon(forward, phone)
+        for phone, name in zip(forms, ("Ольга", "Ольга П.", "Ольга Петрова"), strict=True):
+            group.start_soon(forward, phone, name)
     assert all(not error for error, _ in results), results
     assert sum(not r["contact_existed"] for _, r in results) == 1
     assert len({r["contact_id"] for _, r in results}) == 1
+    assert len({r["lead_id"] for _, r in results}) == 3
     holders = [
         c
         for c in sandbox.amocrm.contacts.values()

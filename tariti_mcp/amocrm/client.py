@@ -281,8 +281,12 @@ class AmoCrmClient:
         body: Any = None,
         *,
         on_wait: WaitCallback | None = None,
+        policy: RetryPolicy | None = None,
     ) -> Answer:
-        """Send one request; raise a ServiceError for anything but 2xx."""
+        """Send one request; raise a ServiceError for anything but 2xx.
+
+        ``policy`` replaces the client's retry policy for this request (the outbox gives up
+        sooner than a tool call, since it comes back anyway)."""
         self.gate.check()
         method = method.upper()
         content = None
@@ -294,7 +298,7 @@ class AmoCrmClient:
                     "body holds a value that cannot be sent as JSON (a number too large?)"
                 ) from None
         try:
-            return await self._authorized(method, path, query, content, on_wait)
+            return await self._authorized(method, path, query, content, on_wait, policy)
         except AccountBlocked as exc:
             if self.gate.stopped is None:
                 logger.warning("amoCRM blocked this account; no more requests until restart")
@@ -308,6 +312,7 @@ class AmoCrmClient:
         query: list[tuple[str, str]] | None,
         content: bytes | None,
         on_wait: WaitCallback | None,
+        policy: RetryPolicy | None = None,
     ) -> Answer:
         used: list[str] = []
 
@@ -321,12 +326,12 @@ class AmoCrmClient:
                 method, path, params=query or None, content=content, headers=headers
             )
 
-        response = await self._send(method, build, on_wait)
+        response = await self._send(method, build, on_wait, policy)
         if response.status_code == 401:
             # A 401 means nothing was done, so even a write may go again with a fresh token.
             fresh = await self.credentials.refresh(used[-1])
             if fresh is not None:
-                response = await self._send(method, build, on_wait)
+                response = await self._send(method, build, on_wait, policy)
         request_id = response.headers.get("x-request-id")
         logger.debug("amoCRM %s %s -> %d (%s)", method, path, response.status_code, request_id)
         if response.status_code >= 300:
@@ -360,6 +365,7 @@ class AmoCrmClient:
         method: str,
         build: Callable[[], Awaitable[httpx.Request]],
         on_wait: WaitCallback | None,
+        policy: RetryPolicy | None = None,
     ) -> httpx.Response:
         return await send(
             self.http,
@@ -368,8 +374,31 @@ class AmoCrmClient:
             idempotent=method == "GET",
             gate=self.gate,
             on_wait=on_wait,
-            policy=self._policy,
+            policy=policy or self._policy,
         )
+
+    async def walk(
+        self,
+        path: str,
+        query: list[tuple[str, str]],
+        max_pages: int,
+        *,
+        policy: RetryPolicy | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Every item of a list over its ``_links.next`` pages, and whether pages were left."""
+        items: list[dict[str, Any]] = []
+        target: tuple[str, list[tuple[str, str]]] | None = (path, query)
+        for _ in range(max_pages):
+            answer = await self.request("GET", target[0], target[1], policy=policy)
+            listing = list_items(answer.body)
+            if listing is None:
+                return items, False  # 204: nothing (more) matched
+            items.extend(item for item in listing[1] if isinstance(item, dict))
+            href = next_link(answer.body)
+            target = self.follow(href) if href else None
+            if target is None:
+                return items, False
+        return items, True
 
     def follow(self, href: str) -> tuple[str, list[tuple[str, str]]] | None:
         """Path and query of a ``_links.next`` href, if it stays on this account's host."""

@@ -1,34 +1,36 @@
-"""Forwarding an inbound lead into amoCRM: find the contact, create the deal once, add the note."""
+"""An inbound lead as amoCRM should get it: checked, its names turned into ids, its contact and
+company found, and the requests that create the deal. The outbox (outbox.py) decides when."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
-import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import anyio
-
 from .. import phones
-from ..errors import AMOCRM, BadAnswer, InvalidArgument, OutcomeUnknown, ServiceError
+from ..errors import AMOCRM, BadAnswer, InvalidArgument
+from ..http import RetryPolicy
 from ..store import Store, field_values
-from .client import AmoCrmClient, list_items, next_link
+from .catalog import MAX_FIELD_VALUES, Catalog, Resolved
+from .client import AmoCrmClient
 
 logger = logging.getLogger(__name__)
 
-# A forwarding still looking for its contact after this long died with its process.
-PENDING_STALE = 120
 MAX_NAME = 255  # amoCRM's limit on entity names
 MAX_NOTE = 10_000  # our cap on one note: longer texts are cut, and the answer says so
+MAX_TAGS = 20
+# Enough pages for any real account; a search matching more contacts is not a phone search.
+SEARCH_PAGES = 8
+UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass
 class LeadRequest:
-    """What the tool was asked to forward, already checked and normalised."""
+    """What the tool was asked to forward, checked and normalised; names not resolved yet."""
 
     name: str = ""
     phone: str = ""
@@ -36,37 +38,78 @@ class LeadRequest:
     message: str = ""
     source: str = ""
     external_id: str = ""
+    company: str = ""
     price: int = 0
-    pipeline_id: int = 0
-    status_id: int = 0
+    pipeline: str = ""
+    status: str = ""
+    responsible: str = ""
     tags: list[str] = field(default_factory=list)
+    utm: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
     lead_name: str = ""
 
     @property
     def title(self) -> str:
         if self.lead_name:
-            return self.lead_name
+            return self.lead_name[:MAX_NAME]
         who = self.name or self.phone or self.email
-        return f"{self.source}: {who}" if self.source else f"Заявка: {who}"
+        return (f"{self.source}: {who}" if self.source else f"Заявка: {who}")[:MAX_NAME]
+
+    @property
+    def dedupe_key(self) -> str:
+        """The same person with the same name: one lead within the dedupe window."""
+        if self.external_id:
+            return "external:" + self.external_id
+        who = "|".join((self.phone, self.email, " ".join(self.name.split()).casefold()))
+        return "person:" + hashlib.sha256(who.encode()).hexdigest()[:32]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> LeadRequest:
+        data = json.loads(text or "{}")
+        known = {f.name for f in fields(cls)}
+        # Rows written by version 2 named pipeline and status by id only.
+        if data.get("pipeline_id") and not data.get("pipeline"):
+            data["pipeline"] = str(data["pipeline_id"])
+        if data.get("status_id") and not data.get("status"):
+            data["status"] = str(data["status_id"])
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _text(value: Any, name: str, limit: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be text")
+    text = str(value).strip()
+    if len(text) > limit:
+        raise InvalidArgument(f"{name} is longer than {limit} characters")
+    return text
 
 
 def prepare(
     *,
-    name: str,
-    phone: str,
-    email: str,
-    message: str,
-    source: str,
-    external_id: str,
-    price: int,
-    pipeline_id: int,
-    status_id: int,
-    tags: list[str],
-    lead_name: str,
     region: str,
+    name: str = "",
+    phone: str = "",
+    email: str = "",
+    message: str = "",
+    source: str = "",
+    external_id: str = "",
+    company: str = "",
+    price: int = 0,
+    pipeline: str | int = "",
+    status: str | int = "",
+    responsible: str | int = "",
+    tags: list[str] | None = None,
+    utm: dict[str, str] | None = None,
+    custom_fields: dict[str, Any] | None = None,
+    lead_name: str = "",
 ) -> LeadRequest:
-    """Validate the tool's arguments; every refusal names the argument and the fix."""
-    phone, email = phone.strip(), email.strip().lower()
+    """Check the tool's arguments without asking amoCRM; every refusal names the argument."""
+    phone, email = _text(phone, "phone", 100), _text(email, "email", 254).lower()
     if not phone and not email:
         raise InvalidArgument(
             "give phone or email (or both): a lead needs a way to reach the person"
@@ -81,59 +124,138 @@ def prepare(
             )
     if email and not _EMAIL.match(email):
         raise InvalidArgument(f"email {email!r} is not a valid e-mail address")
-    if price < 0:
-        raise InvalidArgument("price must be zero or more (a whole number in the account currency)")
-    if pipeline_id < 0 or status_id < 0:
-        raise InvalidArgument("pipeline_id and status_id are positive ids, or 0 for the default")
-    if status_id and not pipeline_id and status_id not in (142, 143):
-        logger.debug("status given without pipeline: amoCRM will use the main pipeline")
-    clean_tags = [t.strip() for t in tags if t and t.strip()]
-    if len(clean_tags) > 20:
-        raise InvalidArgument("at most 20 tags")
+    if isinstance(price, bool) or not isinstance(price, int) or price < 0:
+        raise InvalidArgument("price must be a whole number, zero or more, in the account currency")
+    clean_tags: list[str] = []
+    for tag in tags or []:
+        text = _text(tag, "tags", 255)
+        if text and text.casefold() not in {t.casefold() for t in clean_tags}:
+            clean_tags.append(text)
+    if len(clean_tags) > MAX_TAGS:
+        raise InvalidArgument(f"at most {MAX_TAGS} tags")
+    clean_utm = {}
+    for key, value in (utm or {}).items():
+        if key not in UTM:
+            raise InvalidArgument(f"unknown UTM field {key!r}; known: {', '.join(UTM)}")
+        text = _text(value, key, 1_000)
+        if text:
+            clean_utm[key] = text
+    clean_fields: dict[str, Any] = {}
+    for key, value in (custom_fields or {}).items():
+        label = str(key).strip()
+        if not label:
+            raise InvalidArgument("custom_fields has an empty field name")
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, dict):
+            raise InvalidArgument(
+                f"custom_fields[{label!r}] must be a value or a list of values, not an object"
+            )
+        clean_fields[label] = value
+    if len(clean_fields) + len(clean_utm) > MAX_FIELD_VALUES:
+        raise InvalidArgument(f"at most {MAX_FIELD_VALUES} custom fields on one lead")
     return LeadRequest(
-        name=name.strip(),
+        name=_text(name, "name", MAX_NAME),
         phone=normalized,
         email=email,
-        message=message.strip(),
-        source=source.strip(),
-        external_id=external_id.strip(),
+        message=_text(message, "message", 100_000),
+        source=_text(source, "source", MAX_NAME),
+        external_id=_text(external_id, "external_id", 255),
+        company=_text(company, "company", MAX_NAME),
         price=price,
-        pipeline_id=pipeline_id,
-        status_id=status_id,
+        pipeline=_text(pipeline, "pipeline", MAX_NAME),
+        status=_text(status, "status", MAX_NAME),
+        responsible=_text(responsible, "responsible", MAX_NAME),
         tags=clean_tags,
-        lead_name=lead_name.strip(),
+        utm=clean_utm,
+        fields=clean_fields,
+        lead_name=_text(lead_name, "lead_name", 10_000),
     )
 
 
-# Enough pages for any real account; a search matching more contacts is not a phone search.
-SEARCH_PAGES = 8
+@dataclass(frozen=True)
+class Defaults:
+    """Where a lead lands when it does not say: the server's settings."""
+
+    pipeline: str = ""
+    status: str = ""
+    responsible: str = ""
 
 
-async def _search_contacts(client: AmoCrmClient, text: str) -> list[dict[str, Any]]:
-    """Every contact amoCRM's full-text search finds for ``text``, over all pages."""
-    found: list[dict[str, Any]] = []
-    target: tuple[str, list[tuple[str, str]]] | None = (
-        "/api/v4/contacts",
-        [("query", text), ("limit", "250")],
+async def resolve(catalog: Catalog, lead: LeadRequest, defaults: Defaults) -> Resolved:
+    """Turn the names a lead gives into the account's ids, or say which names are valid."""
+    resolved = Resolved()
+    pipeline_given = lead.pipeline or defaults.pipeline
+    status_given = lead.status or (defaults.status if not lead.pipeline else "")
+    pipeline = await catalog.pipeline(pipeline_given)
+    status = await catalog.status(status_given, pipeline)
+    resolved.pipeline_id, resolved.pipeline_name = int(pipeline["id"]), str(pipeline.get("name"))
+    resolved.status_id, resolved.status_name = int(status["id"]), str(status.get("name"))
+    responsible = lead.responsible or defaults.responsible
+    if responsible:
+        user = await catalog.user(responsible)
+        resolved.responsible_user_id = int(user["id"])
+        resolved.responsible_name = str(user.get("name") or "")
+    written: dict[int, dict[str, Any]] = {}
+    for key, value in lead.utm.items():
+        definition = await catalog.lead_field(key.upper())
+        if definition is None:
+            resolved.notes.append(
+                f"the account has no {key.upper()} lead field: {key} is kept in the note"
+            )
+            continue
+        written[int(definition["id"])] = {
+            "field_id": int(definition["id"]),
+            "values": await catalog.field_value(definition, value),
+        }
+    for key, value in lead.fields.items():
+        definition = await catalog.lead_field(key)
+        if definition is None:
+            names = [str(f.get("code") or f.get("name")) for f in await catalog.lead_fields()]
+            raise InvalidArgument(
+                f"custom_fields: the account has no lead field {key!r}; lead fields: "
+                + ", ".join(repr(n) for n in names[:40])
+            )
+        if int(definition["id"]) in written:
+            raise InvalidArgument(f"custom_fields: field {key!r} is given twice")
+        written[int(definition["id"])] = {
+            "field_id": int(definition["id"]),
+            "values": await catalog.field_value(definition, value),
+        }
+    resolved.custom_fields_values = list(written.values())
+    return resolved
+
+
+def resolved_to_json(resolved: Resolved) -> dict[str, Any]:
+    return asdict(resolved)
+
+
+def resolved_from_json(data: dict[str, Any] | None) -> Resolved | None:
+    if not data:
+        return None
+    known = {f.name for f in fields(Resolved)}
+    return Resolved(**{k: v for k, v in data.items() if k in known})
+
+
+# --- contacts and companies -------------------------------------------------------------------
+
+
+async def _search(
+    client: AmoCrmClient, path: str, text: str, policy: RetryPolicy | None
+) -> list[dict[str, Any]]:
+    found, more = await client.walk(
+        path, [("query", text), ("limit", "250")], SEARCH_PAGES, policy=policy
     )
-    for _ in range(SEARCH_PAGES):
-        if target is None:
-            break
-        answer = await client.request("GET", target[0], target[1])
-        listing = list_items(answer.body)
-        if listing is None:
-            break  # 204: nobody (more) matched
-        found.extend(c for c in listing[1] if isinstance(c, dict))
-        href = next_link(answer.body)
-        target = client.follow(href) if href else None
-    else:
-        if target is not None:
-            logger.warning("contact search matched more than %d pages", SEARCH_PAGES)
+    if more:
+        logger.warning("a search of %s matched more than %d pages", path, SEARCH_PAGES)
     return found
 
 
 async def find_contacts(
-    client: AmoCrmClient, store: Store | None, lead: LeadRequest
+    client: AmoCrmClient,
+    store: Store | None,
+    lead: LeadRequest,
+    policy: RetryPolicy | None = None,
 ) -> list[dict[str, Any]]:
     """Contacts that hold the lead's phone (by last ten digits) or e-mail, newest first.
 
@@ -143,14 +265,14 @@ async def find_contacts(
     matches: dict[int, dict[str, Any]] = {}
     tail = phones.last10(lead.phone)
     if tail:
-        hits = await _search_contacts(client, tail)
+        hits = await _search(client, "/api/v4/contacts", tail, policy)
         if store is not None:
             store.upsert_contacts(hits)
         for contact in hits:
             if any(phones.last10(v) == tail for v in field_values(contact, "PHONE")):
                 matches[contact["id"]] = contact
     if not matches and lead.email:
-        hits = await _search_contacts(client, lead.email)
+        hits = await _search(client, "/api/v4/contacts", lead.email, policy)
         if store is not None:
             store.upsert_contacts(hits)
         for contact in hits:
@@ -163,320 +285,147 @@ async def find_contacts(
     )
 
 
-def _contact_fields(lead: LeadRequest) -> list[dict[str, Any]]:
-    fields = []
-    if lead.phone:
-        fields.append(
-            {"field_code": "PHONE", "values": [{"value": lead.phone, "enum_code": "WORK"}]}
-        )
-    if lead.email:
-        fields.append(
-            {"field_code": "EMAIL", "values": [{"value": lead.email, "enum_code": "WORK"}]}
-        )
-    return fields
+def _fold(text: str) -> str:
+    return " ".join(str(text).split()).casefold()
 
 
-def _lead_body(lead: LeadRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": lead.title[:MAX_NAME]}
-    if lead.price:
-        body["price"] = lead.price
-    if lead.pipeline_id:
-        body["pipeline_id"] = lead.pipeline_id
-    if lead.status_id:
-        body["status_id"] = lead.status_id
-    embedded: dict[str, Any] = {}
-    if lead.tags:
-        embedded["tags"] = [{"name": tag} for tag in lead.tags]
-    if embedded:
-        body["_embedded"] = embedded
-    return body
+async def find_company(
+    client: AmoCrmClient, lead: LeadRequest, policy: RetryPolicy | None = None
+) -> dict[str, Any] | None:
+    """The company whose name is the lead's company name (case and spacing aside), if any."""
+    if not lead.company:
+        return None
+    hits = await _search(client, "/api/v4/companies", lead.company, policy)
+    same = [c for c in hits if _fold(c.get("name") or "") == _fold(lead.company)]
+    if not same:
+        return None
+    return max(same, key=lambda c: (c.get("updated_at") or 0, c.get("id") or 0))
 
 
-def _note_text(lead: LeadRequest) -> str:
+def missing_details(lead: LeadRequest, contact: dict[str, Any]) -> dict[str, list[str]]:
+    """The lead's phone or e-mail that the matched contact does not hold yet."""
+    missing: dict[str, list[str]] = {}
+    held_phones = field_values(contact, "PHONE")
+    if lead.phone and not any(phones.last10(v) == phones.last10(lead.phone) for v in held_phones):
+        missing["PHONE"] = [lead.phone]
+    held_emails = [v.strip().lower() for v in field_values(contact, "EMAIL")]
+    if lead.email and lead.email not in held_emails:
+        missing["EMAIL"] = [lead.email]
+    return missing
+
+
+# --- the requests -------------------------------------------------------------------------------
+
+
+def note_text(lead: LeadRequest, resolved: Resolved | None) -> str:
     lines = []
     if lead.source:
         lines.append(f"Источник: {lead.source}")
+    if resolved is not None:
+        unsaved = {
+            k
+            for k in lead.utm
+            if any(n.startswith(f"the account has no {k.upper()} ") for n in resolved.notes)
+        }
+        lines += [f"{key}: {lead.utm[key]}" for key in UTM if key in unsaved]
     if lead.message:
         lines.append(lead.message)
-    return "\n".join(lines)
+    return "\n".join(lines)[:MAX_NOTE]
 
 
-async def _create(
-    client: AmoCrmClient, lead: LeadRequest, contact: dict[str, Any] | None
-) -> tuple[int, int]:
-    """Create the deal (and the contact when new). Returns lead id and contact id."""
-    body = _lead_body(lead)
+def lead_body(lead: LeadRequest, resolved: Resolved) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": lead.title}
+    if lead.price:
+        body["price"] = lead.price
+    if resolved.pipeline_id:
+        body["pipeline_id"] = resolved.pipeline_id
+    if resolved.status_id:
+        body["status_id"] = resolved.status_id
+    if resolved.responsible_user_id:
+        body["responsible_user_id"] = resolved.responsible_user_id
+    if resolved.custom_fields_values:
+        body["custom_fields_values"] = resolved.custom_fields_values
+    if lead.tags:
+        body["_embedded"] = {"tags": [{"name": tag} for tag in lead.tags]}
+    return body
+
+
+def create_request(
+    lead: LeadRequest,
+    resolved: Resolved,
+    contact: dict[str, Any] | None,
+    company: dict[str, Any] | None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The one write that creates the deal: its path and body.
+
+    An existing contact is linked by id through /leads (linking existing entities through
+    /leads/complex is unreliable); a new contact, and a new company with it, go in one
+    /leads/complex request, so the deal and its contact are created together or not at all.
+    """
+    body = lead_body(lead, resolved)
+    embedded = body.setdefault("_embedded", {})
     if contact is not None:
-        # Linking an existing contact through /leads/complex is unreliable; /leads is not.
-        body.setdefault("_embedded", {})["contacts"] = [{"id": contact["id"]}]
-        answer = await client.request("POST", "/api/v4/leads", body=[body])
-        created = ((answer.body or {}).get("_embedded") or {}).get("leads") or []
-        if not created or not isinstance(created[0], dict) or "id" not in created[0]:
-            raise BadAnswer(
-                AMOCRM, "creating the lead returned no id", request_id=answer.request_id
-            )
-        return int(created[0]["id"]), int(contact["id"])
-
-    new_contact: dict[str, Any] = {"name": (lead.name or lead.phone or lead.email)[:MAX_NAME]}
-    fields = _contact_fields(lead)
-    if fields:
-        new_contact["custom_fields_values"] = fields
-    body.setdefault("_embedded", {})["contacts"] = [new_contact]
-    answer = await client.request("POST", "/api/v4/leads/complex", body=[body])
-    # The complex endpoint answers with a bare array, not the usual _embedded envelope.
-    created = answer.body if isinstance(answer.body, list) else []
-    if not created or not isinstance(created[0], dict) or "id" not in created[0]:
-        raise BadAnswer(AMOCRM, "creating the lead returned no id", request_id=answer.request_id)
-    return int(created[0]["id"]), int(created[0].get("contact_id") or 0)
-
-
-async def forward(
-    client: AmoCrmClient, store: Store, lead: LeadRequest, lock: anyio.Lock | None = None
-) -> dict[str, Any]:
-    """Forward one lead, exactly once per ``external_id``; return what the model should see.
-
-    ``lock`` serialises forwardings in this process: two submissions of one new person at
-    once would otherwise both miss the contact and create it twice.
-    """
-    async with lock or anyio.Lock():
-        return await _forward(client, store, lead)
+        embedded["contacts"] = [{"id": int(contact["id"])}]
+        if company is not None:
+            embedded["companies"] = [{"id": int(company["id"])}]
+        return "/api/v4/leads", [body]
+    person: dict[str, Any] = {"name": (lead.name or lead.phone or lead.email)[:MAX_NAME]}
+    values = []
+    if lead.phone:
+        values.append(
+            {"field_code": "PHONE", "values": [{"value": lead.phone, "enum_code": "WORK"}]}
+        )
+    if lead.email:
+        values.append(
+            {"field_code": "EMAIL", "values": [{"value": lead.email, "enum_code": "WORK"}]}
+        )
+    if values:
+        person["custom_fields_values"] = values
+    if resolved.responsible_user_id:
+        person["responsible_user_id"] = resolved.responsible_user_id
+    embedded["contacts"] = [person]
+    if lead.company and company is None:
+        embedded["companies"] = [{"name": lead.company}]
+    return "/api/v4/leads/complex", [body]
 
 
-async def _forward(client: AmoCrmClient, store: Store, lead: LeadRequest) -> dict[str, Any]:
-    forwarding_id = uuid.uuid4().hex
-    record = {
-        "id": forwarding_id,
-        "external_id": lead.external_id or None,
-        "name": lead.name,
-        "phone": lead.phone,
-        "email": lead.email,
-        "source": lead.source,
-        "request": _request_json(lead),
-    }
-    if lead.external_id:
-        earlier = store.claim_forwarding(record)
-        if earlier is not None and _outcome_unknown(earlier):
-            recovered = await _recover(client, store, earlier, lead)
-            if recovered is not None:
-                return recovered
-            earlier = store.forwarding(earlier["id"]) or earlier
-        if earlier is not None:
-            repeat = _repeat(store, earlier, record)
-            if repeat is not None:
-                return repeat
-            forwarding_id = earlier["id"]
+def created_ids(path: str, body: Any, request_id: str | None) -> tuple[int, int, int]:
+    """Lead, contact and company ids from the answer to the create request."""
+    if path.endswith("/complex"):
+        # The complex endpoint answers with a bare array, not the usual _embedded envelope.
+        items = body if isinstance(body, list) else []
     else:
-        store.claim_forwarding(record)
-    store.update_forwarding(
-        forwarding_id, status="pending", attempts=_attempts(store, forwarding_id)
-    )
-
-    sent = False
-    try:
-        contacts = await find_contacts(client, store, lead)
-        contact = contacts[0] if contacts else None
-        # From here on amoCRM may create the lead even if we never hear back.
-        store.update_forwarding(forwarding_id, status="sending")
-        sent = True
-        lead_id, contact_id = await _create(client, lead, contact)
-    except OutcomeUnknown as exc:
-        store.update_forwarding(forwarding_id, status="unknown", last_error=str(exc))
-        if lead.external_id:
-            raise OutcomeUnknown(
-                AMOCRM,
-                f"the lead may or may not have been created (forwarding {forwarding_id})",
-                advice="Forward it again with the same external_id later: the server first "
-                "looks for the deal in amoCRM and creates it only if it is not there.",
-            ) from None
-        raise OutcomeUnknown(
-            AMOCRM,
-            f"the lead may or may not have been created (forwarding {forwarding_id})",
-            advice="Without an external_id the server cannot tell a repeat from a new lead: "
-            "look for the deal in amoCRM before forwarding it again.",
-        ) from None
-    except ServiceError as exc:
-        store.update_forwarding(forwarding_id, status="failed", last_error=str(exc))
-        raise
-    except BaseException:
-        # Cancelled by the client (or a bug): record what is known before unwinding.
-        if sent:
-            store.update_forwarding(
-                forwarding_id, status="unknown", last_error="cancelled while creating the lead"
-            )
-        else:
-            store.update_forwarding(
-                forwarding_id, status="failed", last_error="cancelled before anything was sent"
-            )
-        raise
-
-    lead_url = f"{client.base_url}/leads/detail/{lead_id}"
-    store.update_forwarding(
-        forwarding_id,
-        status="delivered",
-        lead_id=lead_id,
-        contact_id=contact_id,
-        contact_existed=int(contact is not None),
-        lead_url=lead_url,
-        last_error=None,
-    )
-    result: dict[str, Any] = {
-        "forwarding_id": forwarding_id,
-        "status": "delivered",
-        "duplicate": False,
-        "lead_id": lead_id,
-        "contact_id": contact_id,
-        "contact_existed": contact is not None,
-        "lead_url": lead_url,
-    }
-    notes = []
-    if len(contacts) > 1:
-        result["other_matching_contacts"] = [c["id"] for c in contacts[1:10]]
-        notes.append(
-            f"{len(contacts)} contacts hold this phone or e-mail; the lead was linked to the most "
-            f"recently updated one ({contact_id})."
+        items = (
+            ((body or {}).get("_embedded") or {}).get("leads") or []
+            if isinstance(body, dict)
+            else []
         )
-    if len(lead.title) > MAX_NAME:
-        notes.append(f"the deal title was cut to {MAX_NAME} characters, amoCRM's limit")
-    text = _note_text(lead)
+    if not items or not isinstance(items[0], dict) or not str(items[0].get("id", "")).isdigit():
+        raise BadAnswer(AMOCRM, "creating the lead returned no id", request_id=request_id)
+    first = items[0]
+    return int(first["id"]), int(first.get("contact_id") or 0), int(first.get("company_id") or 0)
+
+
+def followups(
+    lead: LeadRequest,
+    resolved: Resolved,
+    contact: dict[str, Any] | None,
+    company: dict[str, Any] | None,
+    add_details: bool,
+) -> list[dict[str, Any]]:
+    """What is done after the deal exists: its note, its company, the contact's new details."""
+    steps: list[dict[str, Any]] = []
+    text = note_text(lead, resolved)
     if text:
-        result["note_added"] = await _add_note(client, lead_id, text[:MAX_NOTE])
-        if len(text) > MAX_NOTE:
-            notes.append(f"the message was cut to its first {MAX_NOTE} characters in the note")
-        if not result["note_added"]:
-            notes.append("the deal was created but its note could not be added; add it by hand")
-    if notes:
-        result["notes"] = notes
-    return result
-
-
-async def _add_note(client: AmoCrmClient, lead_id: int, text: str) -> bool:
-    try:
-        await client.request(
-            "POST",
-            f"/api/v4/leads/{lead_id}/notes",
-            body=[{"note_type": "common", "params": {"text": text}}],
-        )
-    except ServiceError as exc:
-        # The deal exists; a missing note is reported, never a reason to create it again.
-        logger.warning("lead %d created but its note failed: %s", lead_id, exc.summary)
-        return False
-    return True
-
-
-def _attempts(store: Store, forwarding_id: str) -> int:
-    row = store.forwarding(forwarding_id) or {}
-    return int(row.get("attempts") or 0) + 1
-
-
-def _outcome_unknown(row: dict[str, Any]) -> bool:
-    """Sent with no answer, or left mid-write by a process that is gone."""
-    stale = time.time() - (row.get("updated_at") or 0) >= PENDING_STALE
-    return row.get("status") == "unknown" or (row.get("status") == "sending" and stale)
-
-
-async def _recover(
-    client: AmoCrmClient, store: Store, earlier: dict[str, Any], lead: LeadRequest
-) -> dict[str, Any] | None:
-    """Look in amoCRM for the deal an earlier attempt may have created.
-
-    Found: the forwarding is delivered after all. Not found: it is marked failed, so it may be
-    sent again. The search is by creation time and title, not by full-text search, whose
-    index may lag behind a deal created moments ago.
-    """
-    since = int(min(earlier.get("created_at") or 0, earlier.get("updated_at") or 0)) - 120
-    # The deal carries the title of the attempt that was sent, whatever this call says now.
-    try:
-        sent = LeadRequest(**json.loads(earlier.get("request") or "{}"))
-    except (TypeError, ValueError):
-        sent = lead
-    title = sent.title[:MAX_NAME]
-    query = [
-        ("filter[created_at][from]", str(since)),
-        ("filter[created_at][to]", str(int(time.time()) + 60)),
-        ("with", "contacts"),
-        ("limit", "250"),
-    ]
-    target: tuple[str, list[tuple[str, str]]] | None = ("/api/v4/leads", query)
-    matches: list[dict[str, Any]] = []
-    for _ in range(SEARCH_PAGES):
-        if target is None:
-            break
-        answer = await client.request("GET", target[0], target[1])
-        listing = list_items(answer.body)
-        if listing is None:
-            break
-        matches += [d for d in listing[1] if isinstance(d, dict) and d.get("name") == title]
-        href = next_link(answer.body)
-        target = client.follow(href) if href else None
-    if not matches:
-        store.update_forwarding(
-            earlier["id"],
-            status="failed",
-            last_error="no deal found in amoCRM after an unknown outcome; it may be sent again",
-        )
-        logger.info("forwarding %s: no deal found after an unknown outcome", earlier["id"])
-        return None
-
-    found = min(matches, key=lambda d: (d.get("created_at") or 0, d.get("id") or 0))
-    contacts = (found.get("_embedded") or {}).get("contacts") or []
-    contact_id = int(contacts[0]["id"]) if contacts and contacts[0].get("id") else 0
-    lead_url = f"{client.base_url}/leads/detail/{found['id']}"
-    store.update_forwarding(
-        earlier["id"],
-        status="delivered",
-        lead_id=int(found["id"]),
-        contact_id=contact_id,
-        lead_url=lead_url,
-        last_error=None,
-    )
-    return {
-        "forwarding_id": earlier["id"],
-        "status": "delivered",
-        "duplicate": True,
-        "lead_id": int(found["id"]),
-        "contact_id": contact_id,
-        "contact_existed": bool(earlier.get("contact_existed")),
-        "lead_url": lead_url,
-        "note": "the earlier attempt's answer was lost, but its deal was found in amoCRM; "
-        "nothing new was created",
-    }
-
-
-def _repeat(store: Store, earlier: dict[str, Any], record: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer for an ``external_id`` seen before, or None when it may be sent again."""
-    status = earlier.get("status")
-    if status == "delivered":
-        return {
-            "forwarding_id": earlier["id"],
-            "status": "delivered",
-            "duplicate": True,
-            "lead_id": earlier["lead_id"],
-            "contact_id": earlier["contact_id"],
-            "contact_existed": bool(earlier["contact_existed"]),
-            "lead_url": earlier["lead_url"],
-            "note": "this external_id was already forwarded; nothing new was created",
-        }
-    if status == "pending" and time.time() - (earlier.get("updated_at") or 0) < PENDING_STALE:
-        raise InvalidArgument(
-            f"external_id {record['external_id']!r} is being forwarded right now (forwarding "
-            f"{earlier['id']}); call again in a minute to get its result"
-        )
-    if status in ("sending", "unknown"):
-        raise InvalidArgument(
-            f"external_id {record['external_id']!r} is being forwarded right now (forwarding "
-            f"{earlier['id']}); call again in a few minutes to get its result"
-        )
-    # A failed forwarding may be sent again, with the caller's corrected data.
-    store.update_forwarding(
-        earlier["id"],
-        name=record["name"],
-        phone=record["phone"],
-        email=record["email"],
-        source=record["source"],
-        request=record["request"],
-    )
-    return None
-
-
-def _request_json(lead: LeadRequest) -> str:
-    return json.dumps(asdict(lead), ensure_ascii=False)
+        steps.append({"step": "note", "text": text})
+    if lead.company and contact is None and company is not None:
+        steps.append({"step": "link_company", "company_id": int(company["id"])})
+    if lead.company and contact is not None and company is None:
+        steps.append({"step": "create_company", "name": lead.company})
+    if contact is not None and add_details:
+        missing = missing_details(lead, contact)
+        if missing:
+            steps.append(
+                {"step": "contact_details", "contact_id": int(contact["id"]), "add": missing}
+            )
+    return steps
