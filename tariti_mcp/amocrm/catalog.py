@@ -58,6 +58,8 @@ class Resolved:
     status_name: str = ""
     responsible_name: str = ""
     notes: list[str] = field(default_factory=list)
+    # UTM values the account has no field for: they go into the note instead.
+    unsaved_utm: dict[str, str] = field(default_factory=dict)
 
 
 class Catalog:

@@ -203,6 +203,7 @@ async def resolve(catalog: Catalog, lead: LeadRequest, defaults: Defaults) -> Re
             resolved.notes.append(
                 f"the account has no {key.upper()} lead field: {key} is kept in the note"
             )
+            resolved.unsaved_utm[key] = value
             continue
         written[int(definition["id"])] = {
             "field_id": int(definition["id"]),
@@ -322,12 +323,7 @@ def note_text(lead: LeadRequest, resolved: Resolved | None) -> str:
     if lead.source:
         lines.append(f"Источник: {lead.source}")
     if resolved is not None:
-        unsaved = {
-            k
-            for k in lead.utm
-            if any(n.startswith(f"the account has no {k.upper()} ") for n in resolved.notes)
-        }
-        lines += [f"{key}: {lead.utm[key]}" for key in UTM if key in unsaved]
+        lines += [f"{key}: {value}" for key, value in resolved.unsaved_utm.items()]
     if lead.message:
         lines.append(lead.message)
     return "\n".join(lines)[:MAX_NOTE]
