@@ -279,11 +279,44 @@ async def find_contacts(
         for contact in hits:
             if any(v.strip().lower() == lead.email for v in field_values(contact, "EMAIL")):
                 matches[contact["id"]] = contact
+    if not matches and store is not None:
+        # amoCRM's search index may not hold a contact created seconds ago; the contacts our
+        # own deliveries created are known, so one of those is checked before making another.
+        for contact in await _delivered_contacts(client, store, lead, policy):
+            matches[contact["id"]] = contact
     return sorted(
         matches.values(),
         key=lambda c: (c.get("updated_at") or 0, c.get("id") or 0),
         reverse=True,
     )
+
+
+async def _delivered_contacts(
+    client: AmoCrmClient, store: Store, lead: LeadRequest, policy: RetryPolicy | None
+) -> list[dict[str, Any]]:
+    rows = store.query(
+        "SELECT contact_id FROM forwarded_leads WHERE status = 'delivered' "
+        "AND contact_id IS NOT NULL "
+        "AND ((phone = ? AND phone != '') OR (email = ? AND email != '')) "
+        "GROUP BY contact_id ORDER BY MAX(delivered_at) DESC LIMIT 3",
+        [lead.phone, lead.email],
+    )
+    found = []
+    tail = phones.last10(lead.phone)
+    for row in list(rows):
+        answer = await client.request(
+            "GET", f"/api/v4/contacts/{int(row['contact_id'])}", policy=policy
+        )
+        contact = answer.body if isinstance(answer.body, dict) else None
+        if contact is None or "id" not in contact:
+            continue  # deleted since
+        by_phone = tail and any(phones.last10(v) == tail for v in field_values(contact, "PHONE"))
+        by_email = lead.email and lead.email in (
+            v.strip().lower() for v in field_values(contact, "EMAIL")
+        )
+        if by_phone or by_email:
+            found.append(contact)
+    return found
 
 
 def _fold(text: str) -> str:

@@ -139,6 +139,14 @@ class Outbox:
                         async with self.lock:
                             pass
                     row = self._row(row["id"])
+                elif (
+                    row["status"] in ("queued", "unknown", "sending")
+                    and (row.get("next_attempt_at") or 0) <= time.time()
+                    and not self.offline
+                ):
+                    # Asked again while it waits and is due: this is a good moment to try.
+                    extras = await self.deliver(row["id"])
+                    return self.answer(self._row(row["id"]), duplicate=True, extras=extras)
                 return self.answer(row, duplicate=True)
             # A refused lead given again (same external_id) goes out with the new details.
             self.store.update_forwarding(
@@ -248,6 +256,17 @@ class Outbox:
                 return {}  # another process is working on it
             try:
                 return await self._advance(row)
+            except Exception as exc:
+                # A bug must neither lose the lead nor spin on it: note it and come back later.
+                logger.exception("forwarding %s: unexpected error", forwarding_id)
+                current = self._row(forwarding_id)
+                self.store.update_forwarding(
+                    forwarding_id,
+                    status="unknown" if current["status"] == "sending" else current["status"],
+                    last_error=f"internal error ({type(exc).__name__}); the server tries again",
+                    next_attempt_at=int(time.time() + self.max_backoff),
+                )
+                return {}
             finally:
                 self.store.release_forwarding(forwarding_id)
 
@@ -635,7 +654,8 @@ class Outbox:
     def next_due(self) -> float | None:
         row = next(
             self.store.query(
-                "SELECT MIN(COALESCE(next_attempt_at, 0)) AS due FROM forwarded_leads "
+                "SELECT MIN(MAX(COALESCE(next_attempt_at, 0), COALESCE(claimed_until, 0))) "
+                "AS due FROM forwarded_leads "
                 "WHERE status IN ('queued', 'unknown', 'sending') "
                 "OR (status = 'delivered' AND followups IS NOT NULL AND followups != '[]')"
             )
