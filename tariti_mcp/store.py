@@ -468,6 +468,8 @@ class Store:
         with self._immediate():
             if record.get("external_id"):
                 earlier = self.forwarding_by_external_id(record["external_id"])
+            elif window <= 0:
+                earlier = None  # no window: every lead without an external_id is new
             else:
                 earlier = next(
                     self.query(

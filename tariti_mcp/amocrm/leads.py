@@ -3,6 +3,7 @@ company found, and the requests that create the deal. The outbox (outbox.py) dec
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -213,9 +214,13 @@ async def resolve(catalog: Catalog, lead: LeadRequest, defaults: Defaults) -> Re
         definition = await catalog.lead_field(key)
         if definition is None:
             names = [str(f.get("code") or f.get("name")) for f in await catalog.lead_fields()]
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            more = f" and {len(names) - 40} more" if len(names) > 40 else ""
             raise InvalidArgument(
-                f"custom_fields: the account has no lead field {key!r}; lead fields: "
+                f"custom_fields: the account has no lead field {key!r}.{hint} Lead fields: "
                 + ", ".join(repr(n) for n in names[:40])
+                + more
             )
         if int(definition["id"]) in written:
             raise InvalidArgument(f"custom_fields: field {key!r} is given twice")
@@ -329,7 +334,7 @@ async def find_company(
     """The company whose name is the lead's company name (case and spacing aside), if any."""
     if not lead.company:
         return None
-    hits = await _search(client, "/api/v4/companies", lead.company, policy)
+    hits = await _search(client, "/api/v4/companies", " ".join(lead.company.split()), policy)
     same = [c for c in hits if _fold(c.get("name") or "") == _fold(lead.company)]
     if not same:
         return None

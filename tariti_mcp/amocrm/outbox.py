@@ -326,7 +326,7 @@ class Outbox:
                 amocrm_pipeline_id=resolved.pipeline_id,
                 amocrm_status_id=resolved.status_id,
                 responsible_user_id=resolved.responsible_user_id,
-                followups=json.dumps(steps, ensure_ascii=False),
+                followups=json.dumps(steps, ensure_ascii=False) if steps else None,
             )
             try:
                 answer = await self.client.request("POST", path, body=body, policy=self.policy)
