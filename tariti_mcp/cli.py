@@ -1,4 +1,5 @@
-"""Command line: ``serve`` (the default) runs the MCP server over stdio; ``sandbox`` runs emulators.
+"""Command line: ``serve`` (the default) runs the MCP server over stdio; ``sandbox`` runs emulators;
+``amocrm login`` authorizes the integration; ``outbox`` shows and retries forwarded leads.
 
 Logging is configured here and only here. stdout belongs to the MCP protocol while serving.
 """
@@ -6,18 +7,26 @@ Logging is configured here and only here. stdout belongs to the MCP protocol whi
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
+import json
 import logging
 import shutil
 import sqlite3
 import sys
 import tempfile
 import threading
+import time
+import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, logs
 from .config import ConfigError, Settings, load_settings
 from .store import Store
+
+if TYPE_CHECKING:
+    from .amocrm.outbox import Outbox
 
 logger = logging.getLogger("tariti_mcp")
 
@@ -56,6 +65,32 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--timeout", type=_bounded(10, 3600), default=300, help="seconds to wait for the redirect"
     )
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="list forwarded leads not delivered yet, and retry them",
+        description=OUTBOX_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _outbox_options(outbox)
+    _listing_options(outbox)
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", metavar="{list,retry}")
+    listing = outbox_commands.add_parser(
+        "list", help="the table of forwardings left to deliver (the default)"
+    )
+    # Given after the word, or before it on `outbox`: either way counts.
+    _outbox_options(listing, argparse.SUPPRESS)
+    _listing_options(listing, argparse.SUPPRESS)
+    retry = outbox_commands.add_parser(
+        "retry",
+        help="deliver now what waits; with ids, send failed ones again",
+        description="Without ids: deliver every queued forwarding now, backoff ignored; one "
+        "that got no answer is looked for in amoCRM before it is sent again. With ids (or "
+        "unique beginnings of ids): send those, failed ones included, once their cause is "
+        "fixed. Exit 0 when nothing is left queued or failed, 1 otherwise.",
+    )
+    _outbox_options(retry, argparse.SUPPRESS)
+    retry.add_argument("ids", nargs="*", metavar="ID", help="forwarding id or its beginning")
 
     sandbox = commands.add_parser(
         "sandbox", help="run only the API emulators and print the settings that point at them"
@@ -146,6 +181,53 @@ def _sandbox_options(parser: argparse.ArgumentParser) -> None:
         type=_bounded(1, 3660),
         default=60,
         help="days of call history to generate (default 60)",
+    )
+
+
+OUTBOX_HELP = """\
+Forwarded leads wait in the outbox (the forwarded_leads table) until amoCRM has them.
+
+  tariti-mcp outbox [list] [--all] [--limit N] [--json]
+      what is queued, being checked in amoCRM, failed, or delivered with a note or
+      company still to add; --all adds delivered ones, newest first; --json prints one
+      JSON object a line for scripts
+  tariti-mcp outbox retry
+      deliver everything waiting now, backoff ignored; a forwarding whose create request
+      got no answer is looked for in amoCRM before it is ever sent again
+  tariti-mcp outbox retry ID [ID ...]
+      deliver these now (full ids or unique beginnings); a failed one is sent again, for
+      a person who has fixed its cause; a delivered one is never sent twice
+
+Both read --env-file and --db as serve does; retry needs amoCRM configured and exits 0
+when nothing it covered is left queued or failed, 1 otherwise."""
+
+
+def _outbox_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument(
+        "--env-file", default=default, help="env file to read (after the environment)"
+    )
+    parser.add_argument("--db", default=default, help="database file (default: TARITI_DB_PATH)")
+
+
+def _listing_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        default=False if default is None else default,
+        help="add delivered forwardings, newest first",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_bounded(1, 1_000_000),
+        default=50 if default is None else default,
+        metavar="N",
+        help="show at most N forwardings, those still waiting first (default 50)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if default is None else default,
+        help="one JSON object per forwarding and line, for scripts",
     )
 
 
@@ -310,7 +392,384 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("serve", "sandbox", "amocrm")
+# --- tariti-mcp outbox ---------------------------------------------------------------------
+
+WAITING = ("queued", "sending", "unknown")
+KINDS = (*WAITING, "failed", "delivered with steps left", "delivered")
+SHORT_ID = 8
+# Column title and the widest a cell may be; untrusted text is cut to it.
+COLUMNS = (
+    ("ID", 32),
+    ("STATUS", 9),
+    ("TRIES", 5),
+    ("AGE", 5),
+    ("NEXT", 8),
+    ("EXTERNAL_ID", 24),
+    ("LEAD", 36),
+    ("LAST_ERROR", 70),
+)
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    try:
+        settings = _configured(args.env_file)
+        if args.db:
+            settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
+        elif settings.scratch_db:
+            # Such settings give every process a scratch database of its own: always empty here.
+            raise ConfigError(
+                "the settings point at local emulators, whose database is a scratch file of "
+                "each process: name the server's database with --db or TARITI_DB_PATH"
+            )
+        store = _open_store(settings)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    try:
+        if args.outbox_command == "retry":
+            return _outbox_retry(args.ids, settings, store)
+        return _outbox_list(store, everything=args.all, limit=args.limit, as_json=args.json)
+    finally:
+        store.close()
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _steps(row: dict) -> list[str]:
+    """What is still to be made after the deal (note, company, contact details)."""
+    try:
+        steps = json.loads(row.get("followups") or "[]")
+    except ValueError:
+        return []
+    return [str(step.get("step")) for step in steps if isinstance(step, dict)]
+
+
+def _waiting(row: dict) -> bool:
+    return row["status"] in WAITING or (row["status"] == "delivered" and bool(_steps(row)))
+
+
+def _clean(value: object, width: int | None = None) -> str:
+    """Stored text on one line, control characters out, known secrets masked, cut to width."""
+    text = "" if value is None else str(value)
+    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
+    text = logs.redact(" ".join(text.split()))
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def _age(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _iso(moment: object) -> str | None:
+    if not moment:
+        return None
+    return dt.datetime.fromtimestamp(int(moment), dt.UTC).isoformat(timespec="seconds")
+
+
+def _next_try(row: dict, now: float) -> str:
+    if (row.get("claimed_until") or 0) > now:
+        return "busy"
+    if row["status"] == "failed":
+        return "by hand"
+    if not _waiting(row):
+        return "-"
+    due = row.get("next_attempt_at") or 0
+    return "due" if due <= now else "in " + _age(due - now)
+
+
+def _problem(row: dict) -> str:
+    steps = _steps(row)
+    error = row.get("last_error") or ""
+    if row["status"] == "delivered" and steps:
+        return f"to add: {', '.join(steps)}" + (f"; {error}" if error else "")
+    return error
+
+
+def _who(row: dict) -> str:
+    return " ".join(str(row.get(k) or "") for k in ("name", "phone")).strip() or str(
+        row.get("email") or ""
+    )
+
+
+def _record(row: dict, now: float) -> dict:
+    """One forwarding for scripts: what the table shows, uncut, times in UTC ISO 8601."""
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "attempts": int(row.get("attempts") or 0),
+        "external_id": row.get("external_id"),
+        "name": row.get("name"),
+        "phone": row.get("phone"),
+        "email": row.get("email"),
+        "source": row.get("source"),
+        "created_at": _iso(row.get("created_at")),
+        "updated_at": _iso(row.get("updated_at")),
+        "next_attempt_at": _iso(row.get("next_attempt_at")) if _waiting(row) else None,
+        "delivered_at": _iso(row.get("delivered_at")),
+        "busy": (row.get("claimed_until") or 0) > now,
+        "last_error": _clean(row["last_error"]) if row.get("last_error") else None,
+        "steps_left": _steps(row),
+        "lead_id": row.get("lead_id"),
+        "contact_id": row.get("contact_id"),
+        "lead_url": row.get("lead_url"),
+    }
+
+
+def _outbox_rows(store: Store, everything: bool, limit: int) -> tuple[list[dict], int]:
+    """Forwardings to show, those still waiting first, and how many more were left out."""
+    rows = store.pending_leads()
+    if everything:
+        rows += store.query(
+            "SELECT * FROM forwarded_leads WHERE status = 'delivered' "
+            "AND (followups IS NULL OR followups = '[]') "
+            "ORDER BY COALESCE(delivered_at, updated_at) DESC, id LIMIT ?",
+            [limit],
+        )
+    return rows[:limit], max(len(rows) - limit, 0)
+
+
+def _outbox_list(store: Store, *, everything: bool, limit: int, as_json: bool) -> int:
+    now = time.time()
+    rows, left_out = _outbox_rows(store, everything, limit)
+    if as_json:
+        for row in rows:
+            _say(json.dumps(_record(row, now), ensure_ascii=False, separators=(",", ":")))
+    elif rows:
+        _table(rows, now)
+    if not rows:
+        # stdout stays empty for scripts that read --json.
+        out = sys.stderr if as_json else sys.stdout
+        delivered = next(
+            store.query("SELECT COUNT(*) AS n FROM forwarded_leads WHERE status = 'delivered'")
+        )["n"]
+        if delivered:
+            out.write(
+                f"Nothing waits in the outbox: all {delivered} forwarded leads are delivered"
+                + ("" if everything else " (--all lists them).")
+                + "\n"
+            )
+        else:
+            out.write("The outbox is empty: no lead has been forwarded yet.\n")
+        out.flush()
+        return 0
+    if left_out and not as_json:
+        _say(f"... and {left_out} more; --limit shows more.")
+    elif left_out:
+        logger.warning("%d more forwardings not shown; --limit shows more", left_out)
+    return 0
+
+
+def _table(rows: list[dict], now: float) -> None:
+    # The shortest id beginning that tells the rows apart; retry takes it as it is.
+    size = SHORT_ID
+    while size < 32 and len({row["id"][:size] for row in rows}) < len(rows):
+        size += 1
+    lines = [[title for title, _ in COLUMNS]] + [_cells(row, size, now) for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    for line in lines:
+        _say("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+    kinds = [_kind(row) for row in rows]
+    _say(", ".join(f"{kinds.count(kind)} {kind}" for kind in KINDS if kind in kinds))
+    if any(_waiting(row) or row["status"] == "failed" for row in rows):
+        _say("`outbox retry` delivers what waits now; `outbox retry ID` sends a failed one again.")
+
+
+def _cells(row: dict, id_size: int, now: float) -> list[str]:
+    cells = [
+        row["id"][:id_size],
+        row["status"],
+        str(int(row.get("attempts") or 0)),
+        _age(now - (row.get("created_at") or now)),
+        _next_try(row, now),
+        row.get("external_id") or "-",
+        _who(row) or "-",
+        _problem(row) or "-",
+    ]
+    return [_clean(cell, width) for cell, (_, width) in zip(cells, COLUMNS, strict=True)]
+
+
+def _kind(row: dict) -> str:
+    if row["status"] == "delivered" and _steps(row):
+        return "delivered with steps left"
+    return row["status"]
+
+
+def _by_prefix(store: Store, text: str) -> dict:
+    prefix = text.strip()
+    if not prefix:
+        raise LookupError("an empty forwarding id")
+    found = list(
+        store.query(
+            "SELECT * FROM forwarded_leads WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 2",
+            [len(prefix), prefix],
+        )
+    )
+    if not found:
+        raise LookupError(f"no forwarding id begins with {_clean(prefix, 40)!r}")
+    if len(found) > 1:
+        raise LookupError(
+            f"more than one forwarding id begins with {_clean(prefix, 40)!r}: give more of it"
+        )
+    return found[0]
+
+
+def _outbox_retry(ids: list[str], settings: Settings, store: Store) -> int:
+    if not settings.amocrm_configured:
+        return _fail(f"amoCRM is not configured: set {', '.join(settings.missing_amocrm())}")
+    now = time.time()
+    if ids:
+        try:
+            named = {row["id"]: row for row in (_by_prefix(store, text) for text in ids)}
+        except LookupError as exc:
+            return _fail(str(exc))
+        scope = []
+        for row in named.values():
+            if row["status"] == "delivered" and not _steps(row):
+                sys.stderr.write(
+                    f"tariti-mcp: forwarding {row['id']} is delivered already (deal "
+                    f"{row.get('lead_id')}); it is never sent twice\n"
+                )
+                continue
+            _make_due(store, row, now)
+            scope.append(row["id"])
+        chosen: list[str] | None = scope
+    else:
+        rows = store.pending_leads()
+        for row in rows:
+            if _waiting(row):
+                _make_due(store, row, now)
+        scope = [row["id"] for row in rows]
+        chosen = None
+    if chosen != []:
+        import anyio
+
+        try:
+            worked = anyio.run(_deliver_now, settings, store, chosen)
+        except KeyboardInterrupt:
+            return _fail("interrupted; a lead being sent then is looked for before it is resent")
+        scope += [forwarding_id for forwarding_id in worked if forwarding_id not in scope]
+    return _retry_summary(store, scope)
+
+
+def _make_due(store: Store, row: dict, now: float) -> None:
+    if (row.get("claimed_until") or 0) > now:
+        return  # held by the server or another retry: it reports its own outcome
+    if row["status"] == "failed":
+        # A create request that went out once may have made the deal (its answer lost, then
+        # a refusal while the deal was looked for): it is looked for again before resending.
+        status = "unknown" if row.get("sent_at") else "queued"
+        store.update_forwarding(row["id"], status=status, last_error=None, next_attempt_at=0)
+        logger.info("forwarding %s: sent again by hand after it failed", row["id"])
+    elif _waiting(row):
+        store.update_forwarding(row["id"], next_attempt_at=0)
+
+
+async def _deliver_now(settings: Settings, store: Store, chosen: list[str] | None) -> set[str]:
+    """Deliver the chosen forwardings, or every due one, through the outbox as the server
+    would; stops once amoCRM cannot take leads. Returns the ids worked on."""
+    from .amocrm.client import AmoCrmClient
+    from .amocrm.outbox import outbox_for
+    from .amocrm.tokens import amocrm_credentials
+    from .http import Gate
+
+    gate = Gate(settings.amocrm_rate_limit)
+    credentials = await amocrm_credentials(settings, store, gate)
+    client = AmoCrmClient(
+        settings.amocrm_base_url, credentials, timeout=settings.http_timeout, gate=gate
+    )
+    outbox = outbox_for(client, store, settings)
+    worked: set[str] = set()
+    try:
+        while not outbox.offline:
+            if chosen is None:
+                due = store.due_forwardings(limit=len(worked) + 100)
+                batch = [row["id"] for row in due if row["id"] not in worked]
+            else:
+                batch = [forwarding_id for forwarding_id in chosen if forwarding_id not in worked]
+            if not batch:
+                break
+            for forwarding_id in batch:
+                if outbox.offline:
+                    break
+                worked.add(forwarding_id)
+                row = store.forwarding(forwarding_id)
+                if row is None:
+                    continue
+                if (row.get("claimed_until") or 0) > time.time():
+                    _say(f"{forwarding_id[:SHORT_ID]}  busy: another process is delivering it")
+                    continue
+                await outbox.deliver(forwarding_id)
+                _say(_progress_line(store.forwarding(forwarding_id) or row))
+        if outbox.offline and _wait_for_amocrm(outbox, store, chosen, worked):
+            _say(f"amoCRM cannot take leads now ({_clean(outbox.down_reason)}); the rest waits")
+    finally:
+        await credentials.aclose()
+        await client.aclose()
+    return worked
+
+
+def _wait_for_amocrm(outbox: Outbox, store: Store, chosen: list[str] | None, worked: set) -> int:
+    """What was made due and not reached waits, as in the server, until amoCRM may answer;
+    returns how many forwardings that is."""
+    if chosen is None:
+        chosen = [row["id"] for row in store.due_forwardings(limit=len(worked) + 10_000)]
+    rest = [forwarding_id for forwarding_id in chosen if forwarding_id not in worked]
+    for forwarding_id in rest:
+        store.update_forwarding(
+            forwarding_id, last_error=outbox.down_reason, next_attempt_at=int(outbox.down_until) + 1
+        )
+    return len(rest)
+
+
+def _progress_line(row: dict) -> str:
+    status = row["status"]
+    error = _clean(row.get("last_error"), 200)
+    if status == "delivered":
+        text = f"delivered: deal {row.get('lead_id')} {row.get('lead_url') or ''}".rstrip()
+        if _steps(row):
+            text += f" ({_clean(_problem(row), 200)})"
+    elif status == "failed":
+        text = f"failed: {error}"
+    else:
+        text = f"{status}: {error or 'waiting'}; next try {_next_try(row, time.time())}"
+    label = _clean(row.get("external_id") or _who(row), 40)
+    return f"{row['id'][:SHORT_ID]}  {label}  {text}"
+
+
+def _retry_summary(store: Store, scope: list[str]) -> int:
+    rows = [row for row in (store.forwarding(i) for i in scope) if row is not None]
+    delivered = [row for row in rows if row["status"] == "delivered"]
+    waiting = [row for row in rows if row["status"] in WAITING]
+    failed = [row for row in rows if row["status"] == "failed"]
+    line = f"delivered {len(delivered)}, still queued {len(waiting)}, failed {len(failed)}"
+    unfinished = sum(1 for row in delivered if _steps(row))
+    if unfinished:
+        line += f" ({unfinished} delivered with a note or company still to add)"
+    _say(line)
+    for row in waiting + failed:
+        _say(
+            f"  {row['status']} {row['id'][:SHORT_ID]} "
+            f"{_clean(row.get('external_id') or _who(row), 40)}: "
+            f"{_clean(row.get('last_error') or 'waiting', 200)}"
+        )
+    if failed:
+        _say(
+            "A failed forwarding is sent again only by hand: fix its cause, then "
+            "`tariti-mcp outbox retry ID`."
+        )
+    return 1 if waiting or failed else 0
+
+
+COMMANDS = ("serve", "sandbox", "amocrm", "outbox")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,4 +781,6 @@ def main(argv: list[str] | None = None) -> int:
         return _sandbox(args)
     if args.command == "amocrm":
         return _login(args)
+    if args.command == "outbox":
+        return _outbox(args)
     return _serve(args)

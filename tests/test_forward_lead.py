@@ -601,6 +601,42 @@ async def test_lost_create_answer_is_found_in_amocrm_not_sent_again(sandbox, sto
     assert final["status"] == "delivered" and final["lead_id"] == row["lead_id"]
 
 
+class ForbidSearch(Wire):
+    """The real connection, except that amoCRM refuses the deal search while ``on``."""
+
+    on = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.on and request.method == "GET" and request.url.path == "/api/v4/leads":
+            return httpx.Response(403, json={"title": "Forbidden", "detail": "no rights"})
+        return await super().handle_async_request(request)
+
+
+async def test_a_refused_search_for_a_lost_deal_never_leads_to_a_second_deal(sandbox, store):
+    tag, national = unique(), fresh_phone(sandbox)
+    title = f"Поиск отказан {tag}"
+    request = lead(
+        name=f"Гусь {tag}", phone="+7" + national, external_id=f"fs-{tag}", lead_name=title
+    )
+    wire = ForbidSearch()
+    wire.faults.append(("POST", r"/api/v4/leads/complex", "lose"))
+    async with outbox_to(sandbox, store, transport=wire, check_delay=0) as outbox:
+        first = await outbox.submit(request)
+        assert first["status"] == "queued" and deals(sandbox, title) != []
+        wire.on = True  # looking for the deal is refused: it must stay "may exist"
+        await outbox.deliver(first["forwarding_id"])
+        row = store.forwarding(first["forwarding_id"])
+        assert row["status"] == "unknown" and "could not look for the deal" in row["last_error"]
+        wire.on = False
+        outbox._came_back()
+        # The model forwards it again, as it may: nothing is sent blindly.
+        again = await outbox.submit(request)
+        assert again["duplicate"] is True and again["status"] == "queued"
+        row = await deliver_until(outbox, store, first["forwarding_id"], settled)
+    assert row["status"] == "delivered" and deals(sandbox, title) == [row["lead_id"]]
+    assert len(wire.posts(r"/api/v4/leads/complex")) == 1
+
+
 # --- 8. amoCRM refuses or cannot be reached -----------------------------------------------------
 
 

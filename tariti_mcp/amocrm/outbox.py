@@ -148,10 +148,11 @@ class Outbox:
                     extras = await self.deliver(row["id"])
                     return self.answer(self._row(row["id"]), duplicate=True, extras=extras)
                 return self.answer(row, duplicate=True)
-            # A refused lead given again (same external_id) goes out with the new details.
+            # A refused lead given again (same external_id) goes out with the new details; one
+            # that failed after a create request went out is looked for in amoCRM first.
             self.store.update_forwarding(
                 row["id"],
-                status="queued",
+                status="unknown" if row.get("sent_at") else "queued",
                 request=record["request"],
                 name=lead.name,
                 phone=lead.phone,
@@ -283,11 +284,16 @@ class Outbox:
                 if time.time() < checked_after:
                     self.store.update_forwarding(row["id"], next_attempt_at=int(checked_after))
                     return {}
-                if await self._recover(row):
-                    self._came_back()
+                try:
+                    found = await self._recover(row)
+                except ServiceError as exc:
+                    # Whatever stopped the search, the deal may exist: stay unknown, look later.
+                    self._postpone(row["id"], exc, prefix="could not look for the deal: ")
+                    return {}
+                self._came_back()
+                if found:
                     await self._follow_up(row["id"])
                     return {"recovered": True}
-                self._came_back()
                 status = "queued"
             if status == "queued":
                 return await self._send(self._row(row["id"]))
@@ -335,7 +341,8 @@ class Outbox:
                 self._unknown(row["id"], exc)
                 return {}
             except PERMANENT as exc:
-                self._fail(row["id"], exc)
+                # A refusal means nothing was created: a corrected lead may go out directly.
+                self._fail(row["id"], exc, sent_at=None)
                 return {}
             except ServiceError as exc:
                 # Refused before it was carried out (429, unreachable, login needed): resend.
@@ -402,10 +409,12 @@ class Outbox:
         self.down_until = 0.0
         self.down_reason = ""
 
-    def _postpone(self, forwarding_id: str, exc: ServiceError) -> None:
+    def _postpone(self, forwarding_id: str, exc: ServiceError, prefix: str = "") -> None:
         self._went_down(exc)
         self.store.update_forwarding(
-            forwarding_id, last_error=exc.summary, next_attempt_at=int(self.down_until) + 1
+            forwarding_id,
+            last_error=prefix + exc.summary,
+            next_attempt_at=int(self.down_until) + 1,
         )
 
     def _unknown(self, forwarding_id: str, exc: ServiceError) -> None:
@@ -420,12 +429,12 @@ class Outbox:
             next_attempt_at=int(time.time() + self.check_delay),
         )
 
-    def _fail(self, forwarding_id: str, exc: TaritiError) -> None:
+    def _fail(self, forwarding_id: str, exc: TaritiError, **fields: Any) -> None:
         reason = exc.summary if isinstance(exc, ServiceError) else str(exc)
         if isinstance(exc, ServiceError) and exc.details:
             reason += ": " + "; ".join(exc.details[:5])
         logger.warning("forwarding %s failed: %s", forwarding_id, reason)
-        self.store.update_forwarding(forwarding_id, status="failed", last_error=reason)
+        self.store.update_forwarding(forwarding_id, status="failed", last_error=reason, **fields)
 
     # --- looking for a deal whose answer was lost ----------------------------------------
 
