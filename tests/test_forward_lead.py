@@ -329,6 +329,26 @@ async def test_every_phone_format_finds_the_one_existing_contact(sandbox, store)
         assert after[key] == before[key], key
 
 
+async def test_contact_search_reads_every_page(sandbox, store):
+    """The owner of the number comes after 260 contacts that only mention it in a comment."""
+    tag, national = unique(), fresh_phone(sandbox)
+    async with outbox_to(sandbox, store) as outbox:
+        for first in (0, 250):
+            decoys = [
+                {
+                    "name": f"Упоминание {tag} {n}",
+                    "custom_fields_values": [
+                        {"field_id": 318011, "values": [{"value": f"друг звонил с 8{national}"}]}
+                    ],
+                }
+                for n in range(first, min(first + 250, 260))
+            ]
+            await outbox.client.request("POST", "/api/v4/contacts", body=decoys)
+        owner = await make_contact(outbox, f"Владелец {tag}", ["8" + national])
+        result = await outbox.submit(lead(name=f"Кто-то {tag}", phone="+7" + national))
+    assert result["contact_existed"] is True and result["contact_id"] == owner
+
+
 # --- 4. pipeline, status and manager by name ----------------------------------------------------
 
 
