@@ -64,3 +64,34 @@ def normalize(raw: str, region: str = "RU") -> str | None:
 def same_line(a: str | None, b: str | None) -> bool:
     left, right = last10(a), last10(b)
     return left is not None and left == right
+
+
+def match_key(e164: str) -> str:
+    """What a contact search looks for: the last ten digits, or the whole number when it is
+    shorter (valid numbers of small countries have fewer than ten digits)."""
+    only = digits(e164)
+    return only[-10:] if len(only) >= 10 else only
+
+
+def holds(e164: str, stored: str, region: str = "RU") -> bool:
+    """Whether a contact's stored phone value is the line ``e164``.
+
+    Equal last ten digits (so ``8 916…`` and ``+7 916…`` agree), unless the stored value says
+    outright that it is in another country: ``+44 20 7946 0958`` is not ``+1 207 946 0958``.
+    Numbers shorter than ten digits must be equal as a whole.
+    """
+    key = match_key(e164)
+    if len(key) < 10:
+        other = normalize(stored, region)
+        return bool(key) and other is not None and digits(other) == digits(e164)
+    if last10(stored) != key:
+        return False
+    other = normalize(stored, region) if str(stored).strip().startswith("+") else None
+    if other is None:
+        return True
+    try:
+        mine = phonenumbers.parse(e164).country_code
+        theirs = phonenumbers.parse(other).country_code
+    except phonenumbers.NumberParseException:
+        return True
+    return mine == theirs

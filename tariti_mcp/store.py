@@ -229,9 +229,9 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     ):
         table.add_column(column, kind)
     db.execute("UPDATE forwarded_leads SET status = 'queued' WHERE status = 'pending'")
+    # Left mid-write by version 2: the deal is looked for from the row's last change on.
     db.execute(
-        "UPDATE forwarded_leads SET dedupe_key = 'external:' || external_id "
-        "WHERE external_id IS NOT NULL"
+        "UPDATE forwarded_leads SET sent_at = updated_at WHERE status IN ('unknown', 'sending')"
     )
     table.create_index(["dedupe_key", "created_at"])
     table.create_index(["status", "next_attempt_at"])
@@ -466,23 +466,37 @@ class Store:
             **record,
         }
         with self._immediate():
-            if record.get("external_id"):
-                earlier = self.forwarding_by_external_id(record["external_id"])
-            elif window <= 0:
-                earlier = None  # no window: every lead without an external_id is new
-            else:
-                earlier = next(
-                    self.query(
-                        "SELECT * FROM forwarded_leads WHERE dedupe_key = ? AND created_at >= ? "
-                        "AND status != 'failed' ORDER BY created_at DESC LIMIT 1",
-                        [record["dedupe_key"], now - window],
-                    ),
-                    None,
-                )
+            earlier = self.find_forwarding(
+                record.get("external_id"), record["dedupe_key"], window, now
+            )
             if earlier is not None:
                 return earlier, False
             self.db["forwarded_leads"].insert(row)
         return self.forwarding(record["id"]) or row, True
+
+    def find_forwarding(
+        self,
+        external_id: str | None,
+        dedupe_key: str,
+        window: float,
+        now: float | None = None,
+    ) -> dict[str, Any] | None:
+        """The forwarding a new lead repeats: the same ``external_id``; or, for a lead without
+        one, the newest not failed with the same ``dedupe_key`` less than ``window`` seconds
+        old (whether or not that one had an external_id)."""
+        if external_id:
+            return self.forwarding_by_external_id(external_id)
+        if window <= 0:
+            return None  # no window: every lead without an external_id is new
+        since = (now if now is not None else time.time()) - window
+        return next(
+            self.query(
+                "SELECT * FROM forwarded_leads WHERE dedupe_key = ? AND created_at >= ? "
+                "AND status != 'failed' ORDER BY created_at DESC LIMIT 1",
+                [dedupe_key, since],
+            ),
+            None,
+        )
 
     def update_forwarding(self, forwarding_id: str, **fields: Any) -> None:
         fields["updated_at"] = _now()
@@ -506,11 +520,19 @@ class Store:
                 return None
         return self.forwarding(forwarding_id)
 
-    def release_forwarding(self, forwarding_id: str) -> None:
+    def release_forwarding(self, forwarding_id: str, claimed_until: int | None = None) -> None:
+        """Let go of a forwarding; with ``claimed_until``, only if that hold is still ours."""
         with self.db.conn:
-            self.db.execute(
-                "UPDATE forwarded_leads SET claimed_until = NULL WHERE id = ?", [forwarding_id]
-            )
+            if claimed_until is None:
+                self.db.execute(
+                    "UPDATE forwarded_leads SET claimed_until = NULL WHERE id = ?", [forwarding_id]
+                )
+            else:
+                self.db.execute(
+                    "UPDATE forwarded_leads SET claimed_until = NULL "
+                    "WHERE id = ? AND claimed_until = ?",
+                    [forwarding_id, claimed_until],
+                )
 
     def due_forwardings(self, now: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Forwardings with work to do now, oldest first: queued, unknown, left mid-send by a

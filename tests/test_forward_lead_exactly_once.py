@@ -247,12 +247,13 @@ async def test_one_person_in_two_phone_formats_is_one_contact_through_the_tool(f
             )
         # The first enquiry given again, in a third format.
         calls.append(dict(calls[-2], phone=written[(person + 2) % len(written)]))
-    # No external_id: the same person and name in two formats within the window is one lead.
+    # No external_id: the same person and name in two formats within the window is one lead
+    # (another name than their enquiries above, which it would otherwise repeat).
     for person, tail in enumerate(tails[:4]):
         for phone in formats(tail)[3:5]:
             calls.append(
                 {
-                    "name": f"Посетитель {person}",
+                    "name": f"Посетитель {person} из чата",
                     "phone": phone,
                     "lead_name": f"exactly-once anonymous {person}",
                 }

@@ -297,8 +297,8 @@ def _number(value: Any, label: str) -> float | int:
         number = float(str(value).replace(",", ".").replace(" ", "").replace("\u00a0", ""))
     except ValueError:
         raise InvalidArgument(f"{label} takes a number, not {value!r}") from None
-    if not math.isfinite(number):
-        raise InvalidArgument(f"{label} takes a finite number")
+    if not math.isfinite(number) or abs(number) > 1e15:
+        raise InvalidArgument(f"{label} takes a number between -1e15 and 1e15")
     return int(number) if number.is_integer() else number
 
 
@@ -315,13 +315,18 @@ def _flag(value: Any, label: str) -> bool:
 
 def _day(value: Any, label: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(str(value).strip()[:10])
+        day = dt.date.fromisoformat(str(value).strip()[:10])
     except ValueError:
         raise InvalidArgument(f"{label} takes a date like 2026-12-31, not {value!r}") from None
+    if not 1900 <= day.year <= 2100:
+        raise InvalidArgument(f"{label} takes a date between 1900 and 2100")
+    return day
 
 
 def _moment(value: Any, label: str, zone: ZoneInfo) -> int:
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not (math.isfinite(value) and 0 <= value <= 4_102_444_800):
+            raise InvalidArgument(f"{label} takes Unix seconds between 1970 and 2100")
         return int(value)
     try:
         moment = dt.datetime.fromisoformat(str(value).strip())
@@ -329,6 +334,8 @@ def _moment(value: Any, label: str, zone: ZoneInfo) -> int:
         raise InvalidArgument(
             f"{label} takes a date and time like 2026-12-31T15:00, not {value!r}"
         ) from None
+    if not 1970 <= moment.year <= 2100:
+        raise InvalidArgument(f"{label} takes a date between 1970 and 2100")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return int(moment.timestamp())

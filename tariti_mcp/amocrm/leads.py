@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 MAX_NAME = 255  # amoCRM's limit on entity names
 MAX_NOTE = 10_000  # our cap on one note: longer texts are cut, and the answer says so
 MAX_TAGS = 20
+MAX_PRICE = 10**12
 # Enough pages for any real account; a search matching more contacts is not a phone search.
 SEARCH_PAGES = 8
 UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
@@ -58,10 +60,12 @@ class LeadRequest:
 
     @property
     def dedupe_key(self) -> str:
-        """The same person with the same name: one lead within the dedupe window."""
-        if self.external_id:
-            return "external:" + self.external_id
-        who = "|".join((self.phone, self.email, " ".join(self.name.split()).casefold()))
+        """The same person (by phone, else e-mail) with the same name: one lead per window.
+
+        Names compare as people read them: case, ё/е, Unicode forms, invisible characters and
+        runs of spaces do not matter.
+        """
+        who = "|".join((self.phone or self.email, _plain_name(self.name)))
         return "person:" + hashlib.sha256(who.encode()).hexdigest()[:32]
 
     def to_json(self) -> str:
@@ -77,6 +81,12 @@ class LeadRequest:
         if data.get("status_id") and not data.get("status"):
             data["status"] = str(data["status_id"])
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _plain_name(name: str) -> str:
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc"))
+    return " ".join(text.replace("ё", "е").replace("Ё", "Е").split()).casefold()
 
 
 def _text(value: Any, name: str, limit: int) -> str:
@@ -125,12 +135,18 @@ def prepare(
             )
     if email and not _EMAIL.match(email):
         raise InvalidArgument(f"email {email!r} is not a valid e-mail address")
-    if isinstance(price, bool) or not isinstance(price, int) or price < 0:
-        raise InvalidArgument("price must be a whole number, zero or more, in the account currency")
+    if isinstance(price, bool) or not isinstance(price, int) or not 0 <= price <= MAX_PRICE:
+        raise InvalidArgument(
+            f"price must be a whole number from 0 to {MAX_PRICE} in the account currency"
+        )
+    if len(tags or []) > MAX_TAGS * 5:
+        raise InvalidArgument(f"at most {MAX_TAGS} tags")
     clean_tags: list[str] = []
+    seen: set[str] = set()
     for tag in tags or []:
         text = _text(tag, "tags", 255)
-        if text and text.casefold() not in {t.casefold() for t in clean_tags}:
+        if text and text.casefold() not in seen:
+            seen.add(text.casefold())
             clean_tags.append(text)
     if len(clean_tags) > MAX_TAGS:
         raise InvalidArgument(f"at most {MAX_TAGS} tags")
@@ -142,10 +158,28 @@ def prepare(
         if text:
             clean_utm[key] = text
     clean_fields: dict[str, Any] = {}
+    if len(custom_fields or {}) > MAX_FIELD_VALUES:
+        raise InvalidArgument(f"at most {MAX_FIELD_VALUES} custom fields on one lead")
     for key, value in (custom_fields or {}).items():
         label = str(key).strip()
         if not label:
             raise InvalidArgument("custom_fields has an empty field name")
+        if len(label) > MAX_NAME:
+            raise InvalidArgument(
+                f"custom_fields: a field name is longer than {MAX_NAME} characters"
+            )
+        values = value if isinstance(value, list) else [value]
+        if len(values) > 100:
+            raise InvalidArgument(f"custom_fields[{label[:50]!r}]: at most 100 values")
+        for one in values:
+            if isinstance(one, str) and len(one) > 10_000:
+                raise InvalidArgument(
+                    f"custom_fields[{label[:50]!r}]: a value is longer than 10000 characters"
+                )
+            if isinstance(one, dict | list):
+                raise InvalidArgument(
+                    f"custom_fields[{label[:50]!r}] must be a value or a list of values"
+                )
         if value is None or value == "" or value == []:
             continue
         if isinstance(value, dict):
@@ -262,6 +296,7 @@ async def find_contacts(
     store: Store | None,
     lead: LeadRequest,
     policy: RetryPolicy | None = None,
+    region: str = "RU",
 ) -> list[dict[str, Any]]:
     """Contacts that hold the lead's phone (by last ten digits) or e-mail, newest first.
 
@@ -269,25 +304,25 @@ async def find_contacts(
     a number found in a comment belongs to someone else.
     """
     matches: dict[int, dict[str, Any]] = {}
-    tail = phones.last10(lead.phone)
-    if tail:
-        hits = await _search(client, "/api/v4/contacts", tail, policy)
+    key = phones.match_key(lead.phone) if lead.phone else ""
+    if key:
+        hits = await _search(client, "/api/v4/contacts", key, policy)
         if store is not None:
             store.upsert_contacts(hits)
         for contact in hits:
-            if any(phones.last10(v) == tail for v in field_values(contact, "PHONE")):
+            if holds_lead(contact, lead, region):
                 matches[contact["id"]] = contact
     if not matches and lead.email:
         hits = await _search(client, "/api/v4/contacts", lead.email, policy)
         if store is not None:
             store.upsert_contacts(hits)
         for contact in hits:
-            if any(v.strip().lower() == lead.email for v in field_values(contact, "EMAIL")):
+            if holds_lead(contact, lead, region, by_phone=False):
                 matches[contact["id"]] = contact
     if not matches and store is not None:
         # amoCRM's search index may not hold a contact created seconds ago; the contacts our
         # own deliveries created are known, so one of those is checked before making another.
-        for contact in await _delivered_contacts(client, store, lead, policy):
+        for contact in await _delivered_contacts(client, store, lead, policy, region):
             matches[contact["id"]] = contact
     return sorted(
         matches.values(),
@@ -296,8 +331,24 @@ async def find_contacts(
     )
 
 
+def holds_lead(
+    contact: dict[str, Any], lead: LeadRequest, region: str = "RU", by_phone: bool = True
+) -> bool:
+    """The contact holds the lead's phone (on its PHONE field) or, failing that, its e-mail."""
+    if by_phone and lead.phone:
+        if any(phones.holds(lead.phone, v, region) for v in field_values(contact, "PHONE")):
+            return True
+    return bool(lead.email) and lead.email in (
+        v.strip().lower() for v in field_values(contact, "EMAIL")
+    )
+
+
 async def _delivered_contacts(
-    client: AmoCrmClient, store: Store, lead: LeadRequest, policy: RetryPolicy | None
+    client: AmoCrmClient,
+    store: Store,
+    lead: LeadRequest,
+    policy: RetryPolicy | None,
+    region: str,
 ) -> list[dict[str, Any]]:
     rows = store.query(
         "SELECT contact_id FROM forwarded_leads WHERE status = 'delivered' "
@@ -307,7 +358,6 @@ async def _delivered_contacts(
         [lead.phone, lead.email],
     )
     found = []
-    tail = phones.last10(lead.phone)
     for row in list(rows):
         answer = await client.request(
             "GET", f"/api/v4/contacts/{int(row['contact_id'])}", policy=policy
@@ -315,11 +365,7 @@ async def _delivered_contacts(
         contact = answer.body if isinstance(answer.body, dict) else None
         if contact is None or "id" not in contact:
             continue  # deleted since
-        by_phone = tail and any(phones.last10(v) == tail for v in field_values(contact, "PHONE"))
-        by_email = lead.email and lead.email in (
-            v.strip().lower() for v in field_values(contact, "EMAIL")
-        )
-        if by_phone or by_email:
+        if holds_lead(contact, lead, region):
             found.append(contact)
     return found
 
@@ -345,7 +391,7 @@ def missing_details(lead: LeadRequest, contact: dict[str, Any]) -> dict[str, lis
     """The lead's phone or e-mail that the matched contact does not hold yet."""
     missing: dict[str, list[str]] = {}
     held_phones = field_values(contact, "PHONE")
-    if lead.phone and not any(phones.last10(v) == phones.last10(lead.phone) for v in held_phones):
+    if lead.phone and not any(phones.holds(lead.phone, v) for v in held_phones):
         missing["PHONE"] = [lead.phone]
     held_emails = [v.strip().lower() for v in field_values(contact, "EMAIL")]
     if lead.email and lead.email not in held_emails:

@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 from filelock import AsyncFileLock
 
-from .. import phones
 from ..errors import (
     AMOCRM,
     AccessDenied,
@@ -31,7 +30,7 @@ from ..errors import (
     TaritiError,
 )
 from ..http import RetryPolicy
-from ..store import Store, field_values
+from ..store import Store
 from .catalog import Catalog, CatalogUnavailable, Resolved
 from .client import AmoCrmClient
 from .leads import (
@@ -42,6 +41,7 @@ from .leads import (
     find_company,
     find_contacts,
     followups,
+    holds_lead,
     missing_details,
     resolve,
     resolved_from_json,
@@ -88,6 +88,7 @@ class Outbox:
         check_delay: float = 60.0,
         interval: float = 30.0,
         policy: RetryPolicy = OUTBOX_RETRY,
+        region: str = "RU",
     ) -> None:
         self.client = client
         self.store = store
@@ -99,6 +100,7 @@ class Outbox:
         self.max_backoff = max_backoff
         self.check_delay = check_delay
         self.interval = interval
+        self.region = region
         # One delivery at a time in this process, and across processes while a contact is
         # looked for and created: two deliveries of one new person would both miss the contact.
         self.lock = anyio.Lock()
@@ -116,6 +118,10 @@ class Outbox:
 
     async def submit(self, lead: LeadRequest, *, dry_run: bool = False) -> dict[str, Any]:
         """Accept a lead, deliver it now if amoCRM answers, and say what became of it."""
+        earlier = self.store.find_forwarding(lead.external_id, lead.dedupe_key, self.window)
+        if not dry_run and earlier is not None and earlier["status"] != "failed":
+            # A repeat gets the first result, whatever has been renamed in amoCRM since.
+            return await self._repeat(earlier)
         resolved = await self._resolve_now(lead)
         if dry_run:
             return await self._dry_run(lead, resolved)
@@ -133,21 +139,7 @@ class Outbox:
         row, new = self.store.accept_forwarding(record, self.window)
         if not new:
             if row["status"] != "failed":
-                if (row.get("claimed_until") or 0) > time.time():
-                    # Being delivered by an earlier call in this process: wait for its result.
-                    with anyio.move_on_after(WAIT_FOR_EARLIER):
-                        async with self.lock:
-                            pass
-                    row = self._row(row["id"])
-                elif (
-                    row["status"] in ("queued", "unknown", "sending")
-                    and (row.get("next_attempt_at") or 0) <= time.time()
-                    and not self.offline
-                ):
-                    # Asked again while it waits and is due: this is a good moment to try.
-                    extras = await self.deliver(row["id"])
-                    return self.answer(self._row(row["id"]), duplicate=True, extras=extras)
-                return self.answer(row, duplicate=True)
+                return await self._repeat(row)
             # A refused lead given again (same external_id) goes out with the new details; one
             # that failed after a create request went out is looked for in amoCRM first.
             self.store.update_forwarding(
@@ -162,14 +154,33 @@ class Outbox:
                 last_error=None,
             )
             forwarding_id = row["id"]
+        unchecked = {} if resolved is not None else {"names_checked": False}
         if self.offline:
             self.store.update_forwarding(
                 forwarding_id, last_error=self.down_reason, next_attempt_at=int(self.down_until)
             )
             self.wake()
-            return self.answer(self._row(forwarding_id))
+            return self.answer(self._row(forwarding_id), extras=unchecked)
         extras = await self.deliver(forwarding_id)
-        return self.answer(self._row(forwarding_id), extras=extras)
+        return self.answer(self._row(forwarding_id), extras={**unchecked, **extras})
+
+    async def _repeat(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a lead given again: the first one's result, brought up to date."""
+        if (row.get("claimed_until") or 0) > time.time():
+            # Being delivered by an earlier call in this process: wait for its result.
+            with anyio.move_on_after(WAIT_FOR_EARLIER):
+                async with self.lock:
+                    pass
+            row = self._row(row["id"])
+        elif (
+            row["status"] in ("queued", "unknown", "sending")
+            and (row.get("next_attempt_at") or 0) <= time.time()
+            and not self.offline
+        ):
+            # Asked again while it waits and is due: this is a good moment to try.
+            extras = await self.deliver(row["id"])
+            return self.answer(self._row(row["id"]), duplicate=True, extras=extras)
+        return self.answer(row, duplicate=True)
 
     async def _resolve_now(self, lead: LeadRequest) -> Resolved | None:
         """Names checked now when amoCRM (or what is held of it) can tell; None: later."""
@@ -192,7 +203,7 @@ class Outbox:
                 "dry_run needs amoCRM to check the lead, and amoCRM is not answering now "
                 f"({self.down_reason or 'unreachable'}); try again later"
             )
-        contacts = await find_contacts(self.client, None, lead)
+        contacts = await find_contacts(self.client, None, lead, region=self.region)
         contact = contacts[0] if contacts else None
         company = await find_company(self.client, lead)
         path, body = create_request(lead, resolved, contact, company)
@@ -255,6 +266,7 @@ class Outbox:
             row = self.store.take_forwarding(forwarding_id, LEASE)
             if row is None:
                 return {}  # another process is working on it
+            held = row["claimed_until"]
             try:
                 return await self._advance(row)
             except Exception as exc:
@@ -269,23 +281,24 @@ class Outbox:
                 )
                 return {}
             finally:
-                self.store.release_forwarding(forwarding_id)
+                self.store.release_forwarding(forwarding_id, held)
 
     async def _advance(self, row: dict[str, Any]) -> dict[str, Any]:
         status = row["status"]
         try:
             if status in ("sending", "unknown"):
                 # Sent, with no answer (or its process died mid-send): look before resending.
-                checked_after = (
-                    row.get("sent_at") or row.get("updated_at") or 0
-                ) + self.check_delay
+                checked_after = (row.get("sent_at") or row["created_at"]) + self.check_delay
                 if status == "sending":
                     self.store.update_forwarding(row["id"], status="unknown")
                 if time.time() < checked_after:
                     self.store.update_forwarding(row["id"], next_attempt_at=int(checked_after))
                     return {}
                 try:
-                    found = await self._recover(row)
+                    # Under the lock deliveries hold until they record their deal, so a deal
+                    # another process has just made is never taken for this one.
+                    async with self._file_lock:
+                        found = await self._recover(self._row(row["id"]))
                 except ServiceError as exc:
                     # Whatever stopped the search, the deal may exist: stay unknown, look later.
                     self._postpone(row["id"], exc, prefix="could not look for the deal: ")
@@ -314,7 +327,22 @@ class Outbox:
         if resolved is None:
             resolved = await resolve(self.catalog, lead, self.defaults)
         async with self._file_lock:
-            contacts = await find_contacts(self.client, self.store, lead, self.policy)
+            current = self._row(row["id"])
+            if current["status"] != "queued" or current.get("claimed_until") != row.get(
+                "claimed_until"
+            ):
+                return {}  # another process took it over while this one waited for the lock
+            contacts = await find_contacts(self.client, self.store, lead, self.policy, self.region)
+            if not contacts and self._same_person_unconfirmed(row["id"], lead):
+                # An earlier lead of this person got no answer and may have made the contact;
+                # amoCRM's search may not show it yet. Wait for that one to be confirmed.
+                self.store.update_forwarding(
+                    row["id"],
+                    last_error="waiting until an earlier lead of the same person is confirmed, "
+                    "so the contact is not made twice",
+                    next_attempt_at=int(time.time() + self.check_delay + 1),
+                )
+                return {}
             contact = contacts[0] if contacts else None
             company = await find_company(self.client, lead, self.policy)
             path, body = create_request(lead, resolved, contact, company)
@@ -355,18 +383,19 @@ class Outbox:
                     row["id"], status="unknown", last_error="cancelled while creating the lead"
                 )
                 raise
+            # Recorded before the lock is let go, so no search for a lost deal takes this one.
+            self.store.update_forwarding(
+                row["id"],
+                status="delivered",
+                lead_id=lead_id,
+                contact_id=contact_id or (int(contact["id"]) if contact else None),
+                company_id=company_id or (int(company["id"]) if company else None),
+                lead_url=self._url(lead_id),
+                delivered_at=int(time.time()),
+                next_attempt_at=0,
+                last_error=None,
+            )
         self._came_back()
-        self.store.update_forwarding(
-            row["id"],
-            status="delivered",
-            lead_id=lead_id,
-            contact_id=contact_id or (int(contact["id"]) if contact else None),
-            company_id=company_id or (int(company["id"]) if company else None),
-            lead_url=self._url(lead_id),
-            delivered_at=int(time.time()),
-            next_attempt_at=0,
-            last_error=None,
-        )
         extras: dict[str, Any] = {}
         if len(contacts) > 1:
             extras["other_matching_contacts"] = [int(c["id"]) for c in contacts[1:10]]
@@ -382,6 +411,19 @@ class Outbox:
             )
         await self._follow_up(row["id"])
         return extras
+
+    def _same_person_unconfirmed(self, forwarding_id: str, lead: LeadRequest) -> bool:
+        """Another forwarding of this phone or e-mail was sent with no answer yet."""
+        row = next(
+            self.store.query(
+                "SELECT 1 FROM forwarded_leads WHERE id != ? AND status IN ('unknown', 'sending') "
+                "AND COALESCE(contact_existed, 0) = 0 "
+                "AND ((phone = ? AND phone != '') OR (email = ? AND email != '')) LIMIT 1",
+                [forwarding_id, lead.phone, lead.email],
+            ),
+            None,
+        )
+        return row is not None
 
     def _url(self, lead_id: int) -> str:
         return f"{self.client.base_url}/leads/detail/{lead_id}"
@@ -447,7 +489,8 @@ class Outbox:
         """
         request = json.loads(row.get("request") or "{}")
         lead = LeadRequest.from_json(json.dumps(request.get("lead", request)))
-        sent_at = int(row.get("sent_at") or row.get("updated_at") or row["created_at"])
+        resolved = resolved_from_json(request.get("resolved")) or Resolved()
+        sent_at = int(row.get("sent_at") or row["created_at"])
         query = [
             ("filter[created_at][from]", str(sent_at - 120)),
             ("filter[created_at][to]", str(int(time.time()) + 60)),
@@ -460,7 +503,7 @@ class Outbox:
         candidates = [
             d
             for d in deals
-            if d.get("name") == lead.title and not self.store.lead_claimed(d["id"], row["id"])
+            if _as_sent(d, lead, resolved) and not self.store.lead_claimed(d["id"], row["id"])
         ]
         linked = {
             d["id"]: [int(c["id"]) for c in (d.get("_embedded") or {}).get("contacts") or []]
@@ -478,16 +521,7 @@ class Outbox:
                     2,
                     policy=self.policy,
                 )
-                tail = phones.last10(lead.phone)
-                for contact in contacts:
-                    by_phone = tail and any(
-                        phones.last10(v) == tail for v in field_values(contact, "PHONE")
-                    )
-                    by_email = lead.email and lead.email in (
-                        v.strip().lower() for v in field_values(contact, "EMAIL")
-                    )
-                    if by_phone or by_email:
-                        owners.add(int(contact["id"]))
+                owners = {int(c["id"]) for c in contacts if holds_lead(c, lead, self.region)}
             candidates = [d for d in candidates if owners & set(linked[d["id"]])]
         if not candidates:
             logger.info(
@@ -499,7 +533,15 @@ class Outbox:
                 last_error="the last attempt got no answer and created no deal; sending again",
             )
             return False
-        found = min(candidates, key=lambda d: (d.get("created_at") or 0, d["id"]))
+        # The closest to the moment it was sent, and in the stage it was sent to if several.
+        found = min(
+            candidates,
+            key=lambda d: (
+                d.get("status_id") != resolved.status_id,
+                abs((d.get("created_at") or 0) - sent_at),
+                d["id"],
+            ),
+        )
         contact_ids = linked[found["id"]]
         contact_id = row.get("contact_id") if row.get("contact_existed") else None
         self.store.update_forwarding(
@@ -520,6 +562,12 @@ class Outbox:
     async def _follow_up(self, forwarding_id: str) -> None:
         """The note, company and contact details, each made once; a step whose answer was
         lost is checked before it is made again."""
+        # Under the cross-process lock: a company looked for and then created by two
+        # processes at once would be created twice.
+        async with self._file_lock:
+            await self._follow_up_locked(forwarding_id)
+
+    async def _follow_up_locked(self, forwarding_id: str) -> None:
         row = self._row(forwarding_id)
         steps = json.loads(row.get("followups") or "[]")
         problems: list[str] = []
@@ -757,6 +805,24 @@ def _request_json(lead: LeadRequest, resolved: Resolved | None) -> str:
     )
 
 
+def _as_sent(deal: dict[str, Any], lead: LeadRequest, resolved: Resolved) -> bool:
+    """The deal carries what the lost request set: title, price, pipeline, manager, tags.
+
+    The stage is not required: automations may move a new deal at once.
+    """
+    if deal.get("name") != lead.title or int(deal.get("price") or 0) != lead.price:
+        return False
+    if resolved.pipeline_id and deal.get("pipeline_id") != resolved.pipeline_id:
+        return False
+    wanted_user = resolved.responsible_user_id
+    if wanted_user and deal.get("responsible_user_id") != wanted_user:
+        return False
+    tags = {
+        str(t.get("name", "")).casefold() for t in (deal.get("_embedded") or {}).get("tags") or []
+    }
+    return {t.casefold() for t in lead.tags} <= tags
+
+
 def _placed(row: dict[str, Any]) -> dict[str, str]:
     """The pipeline and stage names the deal was sent to, as the account named them then."""
     try:
@@ -792,4 +858,5 @@ def outbox_for(client: AmoCrmClient, store: Store, settings: Any) -> Outbox:
         max_backoff=settings.outbox_max_backoff,
         check_delay=settings.outbox_check_delay,
         interval=settings.outbox_interval,
+        region=settings.default_region,
     )
