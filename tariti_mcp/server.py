@@ -318,7 +318,12 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             str, Field(description="Company name; an existing company of that name is reused.")
         ] = "",
         price: Annotated[
-            int, Field(description="Deal value, whole units of the account's currency.", ge=0)
+            int,
+            Field(
+                description="Deal value, whole units of the account's currency.",
+                ge=0,
+                le=10**12,
+            ),
         ] = 0,
         pipeline: Annotated[
             str,

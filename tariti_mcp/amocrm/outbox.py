@@ -21,6 +21,8 @@ from filelock import AsyncFileLock
 from ..errors import (
     AMOCRM,
     AccessDenied,
+    AccountBlocked,
+    AuthFailed,
     BadAnswer,
     InvalidArgument,
     NotFound,
@@ -437,7 +439,7 @@ class Outbox:
     def _went_down(self, exc: ServiceError) -> None:
         self._failures += 1
         self.down_until = time.time() + self._backoff(self._failures)
-        self.down_reason = exc.summary
+        self.down_reason = _reason(exc)
         logger.info(
             "amoCRM cannot take leads now (%s); next try in %.0fs",
             exc.summary,
@@ -455,7 +457,7 @@ class Outbox:
         self._went_down(exc)
         self.store.update_forwarding(
             forwarding_id,
-            last_error=prefix + exc.summary,
+            last_error=prefix + _reason(exc),
             next_attempt_at=int(self.down_until) + 1,
         )
 
@@ -803,6 +805,20 @@ def _request_json(lead: LeadRequest, resolved: Resolved | None) -> str:
         ensure_ascii=False,
         separators=(",", ":"),
     )
+
+
+def _reason(exc: ServiceError) -> str:
+    """Why a lead waits, as a person (or the model) should read it."""
+    if isinstance(exc, AccountBlocked):
+        return (
+            "amoCRM has blocked API access for this account; the lead is kept and goes out "
+            "once amoCRM support has lifted the block and the server is restarted"
+        )
+    if isinstance(exc, AuthFailed):
+        return f"{exc.summary}; the lead goes out once the operator has fixed the login " + (
+            "(tariti-mcp amocrm login)"
+        )
+    return exc.summary
 
 
 def _as_sent(deal: dict[str, Any], lead: LeadRequest, resolved: Resolved) -> bool:
