@@ -25,6 +25,7 @@ from .amocrm.tokens import amocrm_credentials
 from .config import Settings
 from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
 from .http import Gate
+from .moizvonki import analytics
 from .moizvonki.api import analytics_report, call_action
 from .moizvonki.client import MoizvonkiClient
 from .store import Store
@@ -53,6 +54,19 @@ MoizvonkiAction = Literal[
     "company.activate_employee",
     "company.delete_employee",
 ]
+
+Period = Literal[
+    "",
+    "today",
+    "yesterday",
+    "this_week",
+    "last_week",
+    "last_7_days",
+    "this_month",
+    "last_month",
+    "last_30_days",
+]
+Breakdown = Literal["by_day", "by_hour", "by_weekday", "by_month", "by_employee", "top_clients"]
 
 
 # The structured payload goes out once as data and once as compact text for clients that read
@@ -474,40 +488,100 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
     )
     async def get_moizvonki_analytics(
         *,
+        period: Annotated[
+            Period,
+            Field(
+                description="A named period in the business time zone, instead of dates: "
+                "this_week starts on Monday, last_week is the previous Monday..Sunday, "
+                "last_7_days and last_30_days end today."
+            ),
+        ] = "",
         date_from: Annotated[
             str,
             Field(
-                description="First day, ISO date (2026-12-01), inclusive. Empty: today, or "
-                "date_to's day when only date_to is given."
+                description="First day, ISO date (2026-12-01), inclusive; or a date and time "
+                "(2026-12-01T09:30) as an exact start. Empty: today, or date_to's day when only "
+                "date_to is given."
             ),
         ] = "",
         date_to: Annotated[
             str,
             Field(
-                description="Last day, ISO date, inclusive. Empty: today, or date_from's day "
-                "when date_from is also empty."
+                description="Last day, ISO date, inclusive; or a date and time as an exact end "
+                "(calls before it). Empty: today."
             ),
         ] = "",
+        employee: Annotated[
+            str,
+            Field(description="Only this employee's calls: Moizvonki id, e-mail or name."),
+        ] = "",
+        direction: Annotated[
+            Literal["", "incoming", "outgoing"], Field(description="Only these calls.")
+        ] = "",
+        client: Annotated[
+            str,
+            Field(description="Only calls with this phone number, in any format (+7/8...)."),
+        ] = "",
+        include: Annotated[
+            list[Breakdown],
+            Field(
+                description="Breakdowns to add; empty: by_day and by_employee. by_hour is "
+                "0-23 local time; top_clients by number of calls.",
+                default_factory=list,
+            ),
+        ],
+        compare_to: Annotated[
+            Literal["", "previous_period"],
+            Field(
+                description="previous_period: add the same totals for the preceding period of "
+                "equal length and the change in each (percent null when it was 0)."
+            ),
+        ] = "",
+        callback_window_hours: Annotated[
+            float,
+            Field(
+                description="How long after a missed call an outgoing call still counts as a "
+                "callback.",
+                gt=0,
+                le=analytics.MAX_CALLBACK_WINDOW_HOURS,
+            ),
+        ] = analytics.CALLBACK_WINDOW_HOURS,
+        top_clients_limit: Annotated[
+            int,
+            Field(description="Entries in top_clients.", ge=1, le=analytics.MAX_TOP_CLIENTS),
+        ] = analytics.TOP_CLIENTS,
         ctx: Context,
     ) -> Answer:
-        """Call statistics for whole days in the business time zone, from the synced call log.
-        Both dates inclusive; no dates = today; only date_from = from then to today; only
-        date_to = that one day. At most 366 days. A call
-        counts on the day it started. total_calls = incoming + outgoing. answered/missed come
-        from the answered flag (missed = not answered, either direction). by_status splits
-        incoming_answered, incoming_missed, outgoing_answered, outgoing_missed (outgoing calls
-        nobody picked up). total_duration_seconds and avg_duration_seconds are talk time of
-        answered calls. by_day is keyed by date; by_employee lists each employee's calls."""
+        """Call statistics from the synced Moizvonki log in the business time zone (a call
+        counts when it started). Give period or date_from/date_to (none: today; at most 366
+        days). answered/missed come from the answered flag only (missed = not answered, either
+        direction). internal_calls (to the company's own numbers) count in totals, never as
+        clients. unique_clients: distinct numbers (last 10 digits). total/avg/median duration:
+        talk time of answered calls. avg_wait_seconds: answer delay of answered incoming calls.
+        missed_clients: clients whose last incoming call in the period was missed;
+        callback_attempted / callback_reached: someone called them after that, within
+        callback_window_hours (and got through); not_called_back = missed_clients -
+        callback_attempted (a later incoming call is no callback). Breakdown entries carry
+        missed_not_called_back, placed by the missed call. truncated/cut say what a breakdown
+        left out: ask a shorter period or a filter. synced_at: how fresh the data is."""
         state = _state(ctx)
         with _as_tool_errors():
-            client = state.require_moizvonki()
+            client_api = state.require_moizvonki()
             return _answer(
                 await analytics_report(
-                    client,
+                    client_api,
                     state.store,
                     state.settings.zone,
-                    date_from,
-                    date_to,
+                    period=period,
+                    date_from=date_from,
+                    date_to=date_to,
+                    employee=employee,
+                    direction=direction,
+                    client_number=client,
+                    include=list(include) or None,
+                    compare_to=compare_to,
+                    callback_window_hours=callback_window_hours,
+                    top_clients_limit=top_clients_limit,
                     freshness=state.settings.analytics_freshness,
                     progress=_progress(ctx),
                 )

@@ -24,24 +24,60 @@ from . import phones
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # A column value the answer did not carry: keep what the store already has.
 UNKNOWN: Any = object()
 
 
+# Values come from parsed JSON answers or our own dicts, never circular: the check is skipped.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=str, check_circular=False
+)
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _ENCODER.encode(value)
 
 
 def _int(value: Any) -> int | None:
-    """Tolerant integer: the APIs send numbers, numeric strings, empty strings or nothing."""
-    if value is None or value == "" or isinstance(value, bool | dict | list):
-        return int(value) if isinstance(value, bool) else None
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
+    """Tolerant integer: the APIs send numbers, numeric strings, empty strings or nothing.
+
+    Anything SQLite cannot hold as an integer (NaN, infinities, 20-digit ids) is None.
+    """
+    if type(value) is int:  # the usual case, first: a sync reads a dozen numbers per call
+        number = value
+    elif isinstance(value, bool):
+        return int(value)
+    elif value is None or isinstance(value, dict | list):
         return None
+    elif isinstance(value, int):
+        number = int(value)
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            try:
+                number = int(float(value))
+            except (TypeError, ValueError, OverflowError):
+                return None
+    return number if -(2**63) <= number < 2**63 else None
+
+
+def _flag(value: Any) -> int:
+    """0 or 1 from a flag sent as a number, a numeric string or text ("true", "false")."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes"):
+        return 1
+    return 1 if _int(value) == 1 else 0
+
+
+def _text(value: Any) -> str | None:
+    """A text column from a scalar; a nested object is not a value for a plain column."""
+    if type(value) is str:
+        return value
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)
 
 
 def _now() -> int:
@@ -237,7 +273,166 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     table.create_index(["status", "next_attempt_at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3]
+# The per-day and per-hour counts analytics read instead of a year of calls. A call's local
+# time is its start plus the business zone's UTC offset in effect then (moizvonki_call_zone);
+# the counts are kept by triggers, so every write to moizvonki_calls, from any process, keeps
+# them exact. Unknown direction is -1 and an unknown employee ''.
+_LOCAL = (
+    "(coalesce({row}.start_time, 0) + coalesce((SELECT utc_offset FROM moizvonki_call_zone "
+    "WHERE since <= coalesce({row}.start_time, 0) ORDER BY since DESC LIMIT 1), 0))"
+)
+_WAITED = (
+    "CASE WHEN {row}.direction = 0 AND {row}.answered = 1 "
+    "AND {row}.answer_time >= {row}.start_time THEN 1 ELSE 0 END"
+)
+_CELLS = {
+    "moizvonki_call_days": ("user_account", "coalesce({row}.user_account, '')"),
+    "moizvonki_call_hours": ("hour", _LOCAL + " % 86400 / 3600"),
+}
+
+
+def _cell_key(table: str, row: str) -> dict[str, str]:
+    column, value = _CELLS[table]
+    return {
+        "day": (_LOCAL + " / 86400").format(row=row),
+        "direction": f"coalesce({row}.direction, -1)",
+        "answered": f"coalesce({row}.answered, 0)",
+        column: value.format(row=row),
+    }
+
+
+def _cell_values(row: str) -> dict[str, str]:
+    waited = _WAITED.format(row=row)
+    return {
+        "calls": "1",
+        "duration_seconds": f"coalesce({row}.duration, 0)",
+        "wait_seconds": f"CASE WHEN {waited} = 1 THEN {row}.answer_time - {row}.start_time "
+        "ELSE 0 END",
+        "waited_calls": waited,
+    }
+
+
+def _count_call(table: str) -> str:
+    cells = {**_cell_key(table, "NEW"), **_cell_values("NEW")}
+    added = ", ".join(f"{name} = {name} + excluded.{name}" for name in _cell_values("NEW"))
+    return (
+        f"INSERT INTO {table} ({', '.join(cells)}) VALUES ({', '.join(cells.values())}) "
+        f"ON CONFLICT DO UPDATE SET {added};"
+    )
+
+
+def _uncount_call(table: str) -> str:
+    key = " AND ".join(f"{name} = {value}" for name, value in _cell_key(table, "OLD").items())
+    taken = ", ".join(f"{name} = {name} - ({value})" for name, value in _cell_values("OLD").items())
+    return (
+        f"UPDATE {table} SET {taken} WHERE {key}; DELETE FROM {table} WHERE calls <= 0 AND {key};"
+    )
+
+
+def _count_calls_sql(table: str) -> str:
+    """Every stored call counted again, for a new zone."""
+    key = _cell_key(table, "moizvonki_calls")
+    values = _cell_values("moizvonki_calls")
+    sums = ", ".join(f"sum({value})" for value in values.values())
+    return (
+        f"INSERT INTO {table} ({', '.join(key)}, {', '.join(values)}) "
+        f"SELECT {', '.join(key.values())}, {sums} FROM moizvonki_calls "
+        f"GROUP BY {', '.join(str(i + 1) for i in range(len(key)))}"
+    )
+
+
+_COUNTED = ("start_time", "direction", "answered", "duration", "answer_time", "user_account")
+
+
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # Covering indexes: each analytics query reads one index and never the rows with their JSON.
+    for old in ("start_time", "client_last10", "user_account_start_time"):
+        db.execute(f"DROP INDEX IF EXISTS idx_moizvonki_calls_{old}")
+    for name, columns in (
+        (
+            "time",
+            "start_time, direction, answered, duration, answer_time, user_account, client_last10",
+        ),
+        ("client", "client_last10, start_time, direction, answered, user_account"),
+        ("employee", "user_account, start_time, direction, answered, duration, answer_time"),
+        ("sim", "src_number"),
+    ):
+        db.execute(f"CREATE INDEX idx_moizvonki_calls_{name} ON moizvonki_calls ({columns})")
+    # The median talk time reads answered calls in order of duration, up to the middle one.
+    db.execute(
+        "CREATE INDEX idx_moizvonki_calls_duration ON moizvonki_calls "
+        "(duration, start_time, direction, user_account, answered) WHERE answered = 1"
+    )
+
+    db.execute(
+        "CREATE TABLE moizvonki_call_zone (since INTEGER PRIMARY KEY, "
+        "utc_offset INTEGER NOT NULL, zone TEXT NOT NULL)"
+    )
+    db.execute("INSERT INTO moizvonki_call_zone VALUES (?, 0, 'UTC')", [-(2**63)])
+    measures = (
+        "calls INTEGER NOT NULL, duration_seconds INTEGER NOT NULL, "
+        "wait_seconds INTEGER NOT NULL, waited_calls INTEGER NOT NULL"
+    )
+    db.execute(
+        "CREATE TABLE moizvonki_call_days (day INTEGER NOT NULL, direction INTEGER NOT NULL, "
+        f"answered INTEGER NOT NULL, user_account TEXT NOT NULL, {measures}, "
+        "PRIMARY KEY (day, direction, answered, user_account)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE moizvonki_call_hours (day INTEGER NOT NULL, hour INTEGER NOT NULL, "
+        f"direction INTEGER NOT NULL, answered INTEGER NOT NULL, {measures}, "
+        "PRIMARY KEY (day, hour, direction, answered)) WITHOUT ROWID"
+    )
+    tables = list(_CELLS)
+    add = " ".join(_count_call(table) for table in tables)
+    remove = " ".join(_uncount_call(table) for table in tables)
+    changed = " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in _COUNTED)
+    db.execute(
+        f"CREATE TRIGGER moizvonki_calls_counted AFTER INSERT ON moizvonki_calls BEGIN {add} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER moizvonki_calls_uncounted AFTER DELETE ON moizvonki_calls "
+        f"BEGIN {remove} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER moizvonki_calls_recounted AFTER UPDATE OF {', '.join(_COUNTED)} "
+        f"ON moizvonki_calls WHEN {changed} BEGIN {remove} {add} END"
+    )
+    for table in tables:
+        db.execute(_count_calls_sql(table))
+
+    # The figures of get_moizvonki_analytics a dashboard reads by date (in the counts' zone).
+    figures = """
+        sum(calls) AS total_calls,
+        sum(CASE WHEN direction = 0 THEN calls ELSE 0 END) AS incoming,
+        sum(CASE WHEN direction = 1 THEN calls ELSE 0 END) AS outgoing,
+        sum(CASE WHEN answered = 1 THEN calls ELSE 0 END) AS answered,
+        sum(CASE WHEN answered = 0 THEN calls ELSE 0 END) AS missed,
+        sum(CASE WHEN answered = 1 THEN duration_seconds ELSE 0 END) AS total_duration_seconds,
+        sum(wait_seconds) AS wait_seconds,
+        sum(waited_calls) AS waited_calls
+    """
+    day = "date(day * 86400, 'unixepoch') AS date"
+    db.execute(
+        f"CREATE VIEW moizvonki_daily AS SELECT {day}, {figures} "
+        "FROM moizvonki_call_days GROUP BY day"
+    )
+    db.execute(
+        f"CREATE VIEW moizvonki_daily_by_employee AS SELECT {day}, user_account, {figures} "
+        "FROM moizvonki_call_days GROUP BY day, user_account"
+    )
+    db.execute(
+        f"CREATE VIEW moizvonki_hourly AS SELECT {day}, hour, {figures} "
+        "FROM moizvonki_call_hours GROUP BY day, hour"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+]
 
 
 def _create_private(path: Path) -> None:
@@ -249,6 +444,35 @@ def _create_private(path: Path) -> None:
         os.chmod(path, 0o600)
     except PermissionError:  # pragma: no cover - a file owned by someone else
         logger.warning("cannot restrict permissions of %s", path)
+
+
+# One statement per call: sqlite-utils' generic upsert costs several times more per row, and a
+# year's log is a few hundred thousand rows. Owner fields come only with supervised=1, so a NULL
+# never erases one already stored.
+_UPSERT_CALL = """
+INSERT INTO moizvonki_calls (
+    db_call_id, direction, answered, start_time, answer_time, end_time, duration, upload_time,
+    client_number, client_last10, client_name, user_id, user_account, src_number, recording,
+    raw, fetched_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (db_call_id) DO UPDATE SET
+    direction = excluded.direction,
+    answered = excluded.answered,
+    start_time = excluded.start_time,
+    answer_time = excluded.answer_time,
+    end_time = excluded.end_time,
+    duration = excluded.duration,
+    upload_time = excluded.upload_time,
+    client_number = excluded.client_number,
+    client_last10 = excluded.client_last10,
+    client_name = excluded.client_name,
+    user_id = COALESCE(excluded.user_id, moizvonki_calls.user_id),
+    user_account = COALESCE(excluded.user_account, moizvonki_calls.user_account),
+    src_number = COALESCE(excluded.src_number, moizvonki_calls.src_number),
+    recording = excluded.recording,
+    raw = excluded.raw,
+    fetched_at = excluded.fetched_at
+"""
 
 
 class Store:
@@ -263,6 +487,11 @@ class Store:
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")
+        # The triggers that keep call counts make each write a statement with a journal of its
+        # own: in memory, not a temporary file per statement. A larger cache keeps the indexes
+        # a sync writes into (by client, by duration) from being read back page by page.
+        self.db.execute("PRAGMA temp_store=MEMORY")
+        self.db.execute("PRAGMA cache_size=-16000")
         self._migrate()
 
     def close(self) -> None:
@@ -645,7 +874,9 @@ class Store:
     def upsert_calls(self, calls: Iterable[dict[str, Any]]) -> tuple[int, int | None]:
         """Store calls by ``db_call_id``; return how many and the highest id seen.
 
-        A row that cannot be read (no id, no start time) is logged and skipped.
+        A row that cannot be read (no positive id, no numeric start time) is logged and
+        skipped. Numbers may come as strings and ``answered`` as text. An owner field the answer
+        does not carry (``supervised`` off) or carries empty keeps the value already stored.
         """
         now = _now()
         rows = []
@@ -653,35 +884,46 @@ class Store:
         for call in calls:
             call_id = _int(call.get("db_call_id"))
             start = _int(call.get("start_time"))
-            if call_id is None or start is None:
-                logger.warning("skipped a call without db_call_id or start_time")
+            if (
+                call_id is None
+                or call_id <= 0
+                or isinstance(call.get("db_call_id"), bool)
+                or start is None
+            ):
+                # The id only: the row may hold a client's number.
+                logger.warning(
+                    "skipped a call that cannot be read (db_call_id %r, start_time %r)",
+                    str(call.get("db_call_id"))[:20],
+                    str(call.get("start_time"))[:20],
+                )
                 continue
             highest = call_id if highest is None else max(highest, call_id)
-            number = str(call.get("client_number") or "").strip()
+            number = (_text(call.get("client_number")) or "").strip()
             rows.append(
-                {
-                    "db_call_id": call_id,
-                    "direction": _int(call.get("direction")),
-                    "answered": 1 if _int(call.get("answered")) == 1 else 0,
-                    "start_time": start,
-                    "answer_time": _int(call.get("answer_time")) or 0,
-                    "end_time": _int(call.get("end_time")),
-                    "duration": _int(call.get("duration")) or 0,
-                    "upload_time": _int(call.get("upload_time")),
-                    "client_number": number,
-                    "client_last10": phones.last10(number),
-                    "client_name": call.get("client_name"),
-                    # Owner fields come only with supervised=1; a plain read must not erase them.
-                    "user_id": _int(call["user_id"]) if "user_id" in call else UNKNOWN,
-                    "user_account": call.get("user_account", UNKNOWN),
-                    "src_number": call.get("src_number", UNKNOWN),
-                    "recording": call.get("recording") or "",
-                    "raw": _json(call),
-                    "fetched_at": now,
-                }
+                (
+                    call_id,
+                    _int(call.get("direction")),
+                    _flag(call.get("answered")),
+                    start,
+                    _int(call.get("answer_time")) or 0,
+                    _int(call.get("end_time")),
+                    _int(call.get("duration")) or 0,
+                    _int(call.get("upload_time")),
+                    number,
+                    phones.last10(number),
+                    _text(call.get("client_name")),
+                    _int(call.get("user_id")),
+                    _text(call.get("user_account")) or None,
+                    _text(call.get("src_number")) or None,
+                    _text(call.get("recording")) or "",
+                    _json(call),
+                    now,
+                )
             )
-        owner = ("user_id", "user_account", "src_number")
-        return self._upsert("moizvonki_calls", rows, "db_call_id", keep=owner), highest
+        if rows:
+            with self.db.conn:
+                self.db.conn.executemany(_UPSERT_CALL, rows)
+        return len(rows), highest
 
     def upsert_employees(self, employees: Iterable[dict[str, Any]]) -> int:
         now = _now()
@@ -724,6 +966,28 @@ class Store:
 
     def employees(self) -> list[dict[str, Any]]:
         return list(self.db["moizvonki_employees"].rows)
+
+    def call_zone(self) -> tuple[str, list[tuple[int, int]]]:
+        """The zone the per-day and per-hour call counts are in, and its (since, offset) rows."""
+        rows = self.db.execute(
+            "SELECT since, utc_offset, zone FROM moizvonki_call_zone ORDER BY since"
+        ).fetchall()
+        zone = rows[0][2] if rows else ""
+        return zone, [(since, offset) for since, offset, _ in rows]
+
+    def count_calls_in_zone(self, zone: str, offsets: list[tuple[int, int]]) -> None:
+        """Count every call again by day and hour in ``zone``, whose UTC offset is
+        ``offset`` from each ``since`` (Unix seconds; the first ``since`` the earliest)."""
+        with self._immediate():
+            self.db.execute("DELETE FROM moizvonki_call_zone")
+            self.db.conn.executemany(
+                "INSERT INTO moizvonki_call_zone (since, utc_offset, zone) VALUES (?, ?, ?)",
+                [(since, offset, zone) for since, offset in offsets],
+            )
+            for table in _CELLS:
+                self.db.execute(f"DELETE FROM {table}")
+                self.db.execute(_count_calls_sql(table))
+        logger.info("call counts recomputed in time zone %s", zone)
 
     # --- sync state ---------------------------------------------------------------------------
 

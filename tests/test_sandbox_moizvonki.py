@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 
 import httpx
 import pytest
 
-from tariti_mcp.sandbox import Sandbox
+from tariti_mcp.sandbox import Sandbox, generate
+from tariti_mcp.sandbox.moizvonki import MoizvonkiEmulator
 
 pytestmark = pytest.mark.anyio
 
@@ -356,3 +359,65 @@ async def test_delete_employee_removes_their_calls(client):
         calls, _ = await walk(client, small, login, from_date=0, supervised=1)
         assert calls and all(call["user_id"] != victim.id for call in calls)
         assert victim.id not in small.moizvonki.employees
+
+
+def test_date_windows_select_by_bisection_what_a_plain_filter_selects():
+    data = generate(seed=3, calls=4000, days=40, now=1_790_000_000)
+    emulator = MoizvonkiEmulator(data, {})
+    admin = data.admin
+    manager = next(employee for employee in data.employees if employee.role != "admin")
+    rng = random.Random(5)
+    starts = [call.start_time for call in emulator.calls]
+    for _ in range(200):
+        low, high = sorted(rng.sample(range(min(starts) - 100, max(starts) + 100), 2))
+        from_date = rng.choice([low, None])
+        to_date = rng.choice([high, None]) if from_date is not None else high
+        for owner, everyone in ((admin, True), (manager, False)):
+            selected, begin = emulator._selection(owner, everyone, None, from_date, to_date)
+            plain = [
+                call
+                for call in emulator.calls
+                if (everyone or call.user_id == owner.id)
+                and (from_date is None or call.start_time >= from_date)
+                and (to_date is None or call.start_time <= to_date)
+            ]
+            assert begin == 0 and selected == plain
+    # A from_id cursor bisects into the same selection.
+    middle = emulator.calls[len(emulator.calls) // 2]
+    selected, begin = emulator._selection(admin, True, middle.db_call_id, None, None)
+    assert selected[begin] == middle
+
+
+async def test_a_year_of_two_hundred_thousand_calls_pages_by_id_and_by_date():
+    with Sandbox(seed=1, calls=200_000, days=365) as big:
+        calls = big.moizvonki.calls
+        assert len(calls) > 199_000
+        ids = [call.db_call_id for call in calls]
+        assert ids == sorted(set(ids))
+        span = max(call.start_time for call in calls) - min(call.start_time for call in calls)
+        assert 363 * 86400 < span < 366 * 86400
+        # Late uploads: a newer id than a call that started after them.
+        assert any(
+            later.start_time < earlier.start_time for earlier, later in itertools.pairwise(calls)
+        )
+        login = (big.env["MOIZVONKI_USER"], big.env["MOIZVONKI_API_KEY"])
+        async with httpx.AsyncClient() as http:
+            deep = await ask(
+                http, big, login, "calls.list", from_id=ids[150_000], supervised=1, max_results=3
+            )
+            assert [call["db_call_id"] for call in deep.json()["results"]] == ids[150_000:150_003]
+            middle = calls[100_000].start_time
+            window = await ask(
+                http,
+                big,
+                login,
+                "calls.list",
+                from_date=middle,
+                to_date=middle + 3 * 86400,
+                supervised=1,
+                from_offset=100,
+            )
+            body = window.json()
+            expected = [c.db_call_id for c in calls if middle <= c.start_time <= middle + 3 * 86400]
+            assert [call["db_call_id"] for call in body["results"]] == expected[100:200]
+            assert body["results_remains"] == len(expected) - 200

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from zoneinfo import ZoneInfo
 
 import anyio
+import call_stats
 import httpx
 import pytest
 from mcp import Client
@@ -445,6 +447,75 @@ async def test_analytics_equal_an_independent_count(client, sandbox):
     assert sum(d["total_calls"] for d in result["by_day"].values()) == expected["total_calls"]
     assert sum(e["total_calls"] for e in result["by_employee"]) == expected["total_calls"]
     assert result["period"]["timezone"] == "Europe/Moscow" and result["synced_at"]
+
+
+EVERY_BREAKDOWN = ["by_day", "by_hour", "by_weekday", "by_month", "by_employee", "top_clients"]
+
+
+@pytest.mark.anyio
+async def test_every_analytics_figure_equals_the_raw_calls(client, sandbox):
+    """Several periods and filters; each figure recomputed from calls.list pages by the plain
+    definitions (tests/call_stats.py), in the business time zone."""
+    now = sandbox.data.now
+    today = dt.datetime.fromtimestamp(now, MOSCOW).date()
+    raw = await raw_calls(sandbox, {"from_date": int(now) - 45 * 86400})
+    recent = [c for c in raw if c["start_time"] >= now - 30 * 86400 and c["client_number"]]
+    frequent = Counter(phones.last10(c["client_number"]) for c in recent).most_common(1)[0][0]
+    person = sandbox.data.employees[2]
+    cases = [
+        ({"period": "last_7_days", "include": EVERY_BREAKDOWN}, {}),
+        ({"period": "last_week", "compare_to": "previous_period"}, {}),
+        (
+            {
+                "date_from": (today - dt.timedelta(days=20)).isoformat(),
+                "date_to": (today - dt.timedelta(days=10)).isoformat(),
+                "employee": person.display_name,
+                "include": EVERY_BREAKDOWN,
+            },
+            {"accounts": {person.email}},
+        ),
+        (
+            {
+                "date_from": f"{today - dt.timedelta(days=3)}T09:30",
+                "date_to": f"{today - dt.timedelta(days=1)}T18:00",
+                "direction": "incoming",
+                "include": ["by_day", "by_hour", "by_employee"],
+                "callback_window_hours": 2,
+            },
+            {"direction": 0, "window_hours": 2},
+        ),
+        (
+            {
+                "period": "last_30_days",
+                "client": f"8 ({frequent[:3]}) {frequent[3:6]}-{frequent[6:8]}-{frequent[8:]}",
+                "include": EVERY_BREAKDOWN,
+            },
+            {"client": frequent},
+        ),
+    ]
+    for arguments, options in cases:
+        error, result = await call(client, "get_moizvonki_analytics", arguments)
+        assert not error, (arguments, result)
+        period = result["period"]
+        start = int(dt.datetime.fromisoformat(period["start"]).timestamp())
+        end = int(dt.datetime.fromisoformat(period["end"]).timestamp())
+        wanted = call_stats.expected(raw, start, end, MOSCOW, **options)
+        assert wanted["total_calls"] > 0, arguments
+        for key, value in wanted.items():
+            if key == "by_employee":
+                shown = {e["user_account"] or "": e for e in result["by_employee"]}
+                assert set(shown) == set(value)
+                for account, entry in value.items():
+                    assert {k: shown[account][k] for k in entry} == entry, account
+            elif key in result:
+                assert result[key] == value, (arguments, key)
+        if "compare_to" in arguments:
+            before = result["previous_period"]
+            earlier = int(dt.datetime.fromisoformat(before["period"]["start"]).timestamp())
+            previous = call_stats.expected(raw, earlier, start, MOSCOW, **options)
+            assert {k: before[k] for k in ("total_calls", "not_called_back", "unique_clients")} == {
+                k: previous[k] for k in ("total_calls", "not_called_back", "unique_clients")
+            }
 
 
 @pytest.mark.anyio

@@ -258,31 +258,41 @@ async def call_action(
     return result
 
 
-def _iso(timestamp: int | None, zone: ZoneInfo) -> str | None:
-    if not timestamp:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, zone).isoformat(timespec="seconds")
-
-
 async def analytics_report(
     client: MoizvonkiClient,
     store: Store,
     zone: ZoneInfo,
-    date_from: str,
-    date_to: str,
     *,
+    period: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    employee: str = "",
+    direction: str = "",
+    client_number: str = "",
+    include: list[str] | None = None,
+    compare_to: str = "",
+    callback_window_hours: float = analytics.CALLBACK_WINDOW_HOURS,
+    top_clients_limit: int = analytics.TOP_CLIENTS,
     freshness: float = 60.0,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Sync what the period needs (unless synced moments ago), then compute from the store."""
-    first, last = analytics.period(date_from, date_to, zone)
-    since = analytics.day_start(first, zone)
+    asked = analytics.resolve_period(period, date_from, date_to, zone)
+    if compare_to.strip() not in ("", "previous_period"):
+        raise InvalidArgument("compare_to takes previous_period (or nothing)")
+    compare = bool(compare_to.strip())
+    # What needs no stored data is checked before anything is fetched.
+    analytics.resolve_filters(store, direction=direction, client=client_number)
+    analytics.check_options(include, callback_window_hours, top_clients_limit)
+
+    now = time.time()
+    since = asked.previous(now).start if compare else asked.start
     state = store.sync_state(CALLS)
     warnings: list[str] = []
     fresh = (
         state.get("covered_from") is not None
         and state["covered_from"] <= since
-        and time.time() - (state.get("last_synced_at") or 0) < freshness
+        and now - (state.get("last_synced_at") or 0) < freshness
     )
     if not fresh:
         try:
@@ -297,19 +307,24 @@ async def analytics_report(
             warnings.append(f"could not sync new calls, figures are from the last sync: {exc}")
     state = store.sync_state(CALLS)
 
-    now = int(time.time())
-    end = analytics.day_start(last + dt.timedelta(days=1), zone)
-    result: dict[str, Any] = {
-        "period": {
-            "date_from": first.isoformat(),
-            "date_to": last.isoformat(),
-            "timezone": zone.key,
-            "covered_from": _iso(since, zone),
-            "covered_to": _iso(min(end, now), zone),
-        },
-        "synced_at": _iso(state.get("last_synced_at"), zone),
-    }
-    result.update(analytics.compute(store, first, last, zone))
+    filters = analytics.resolve_filters(store, employee, direction, client_number)
+    result = analytics.compute(
+        store,
+        asked,
+        filters,
+        include=include,
+        callback_window_hours=callback_window_hours,
+        top_clients=top_clients_limit,
+        compare=compare,
+        now=now,
+    )
+    result["period"]["covered_from"] = analytics.iso(since, zone)
+    result["period"]["covered_to"] = analytics.iso(min(asked.end, int(now)), zone)
+    result = {"period": result.pop("period"), "synced_at": _iso(state, zone), **result}
     if warnings:
         result["warnings"] = warnings
     return result
+
+
+def _iso(state: dict[str, Any], zone: ZoneInfo) -> str | None:
+    return analytics.iso(state.get("last_synced_at"), zone)
