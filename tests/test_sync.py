@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tariti_mcp.errors import InvalidArgument, Unavailable
 from tariti_mcp.http import RetryPolicy
-from tariti_mcp.moizvonki.api import PARAMETERS, check_params
+from tariti_mcp.moizvonki.api import PARAMETERS, analytics_report, check_params
 from tariti_mcp.moizvonki.client import MoizvonkiClient
 from tariti_mcp.moizvonki.sync import (
     CALLS,
@@ -540,6 +540,23 @@ async def test_non_admin_key_says_only_one_users_calls_are_visible(sandbox, conn
     # Later syncs, and reports built from the store, keep saying it.
     assert sync_warnings(store) == report.warnings
     assert (await sync_calls(client, store)).warnings == report.warnings
+
+
+async def test_non_admin_warning_is_on_every_analytics_answer_fresh_or_not(sandbox, connect):
+    client = connect(sandbox, manager=True)
+    store = Store()
+    zone = ZoneInfo("Europe/Moscow")
+
+    first = await analytics_report(client, store, zone, period="last_7_days")
+    # Moments later the store is fresh and nothing is fetched, yet the answer must say it again.
+    second = await analytics_report(client, store, zone, period="last_7_days")
+
+    for answer in (first, second):
+        assert any(
+            "not an administrator's" in warning and sandbox.moizvonki_manager_user in warning
+            for warning in answer["warnings"]
+        ), answer.get("warnings")
+    assert first["synced_at"] == second["synced_at"]
 
 
 async def test_admin_key_syncs_employees_without_warning(sandbox, connect):

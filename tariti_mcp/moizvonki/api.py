@@ -16,7 +16,7 @@ from ..errors import InvalidArgument, ServiceError
 from ..store import Store
 from . import analytics
 from .client import ACTIONS, PAGED_ACTIONS, RESERVED, MoizvonkiClient
-from .sync import CALLS, sync_calls, sync_employees
+from .sync import CALLS, sync_calls, sync_employees, sync_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -297,15 +297,16 @@ async def analytics_report(
     if not fresh:
         try:
             await sync_calls(client, store, since=since, progress=progress)
-            warning = await sync_employees(client, store)
-            if warning:
-                warnings.append(warning)
+            await sync_employees(client, store)
         except ServiceError as exc:
             covered = state.get("covered_from")
             if covered is None or covered > since:
                 raise
             warnings.append(f"could not sync new calls, figures are from the last sync: {exc}")
     state = store.sync_state(CALLS)
+    # Said on every answer, fresh or not: a report of one user's calls must never pass for the
+    # team's.
+    warnings[:0] = sync_warnings(store)
 
     filters = analytics.resolve_filters(store, employee, direction, client_number)
     result = analytics.compute(
