@@ -26,7 +26,6 @@ from tariti_mcp.moizvonki.sync import (
     CALLS,
     DAY,
     EMPLOYEES,
-    SyncBusy,
     sync_all,
     sync_calls,
     sync_employees,
@@ -34,6 +33,7 @@ from tariti_mcp.moizvonki.sync import (
 )
 from tariti_mcp.sandbox import Sandbox
 from tariti_mcp.store import Store
+from tariti_mcp.syncing import SyncBusy
 
 pytestmark = pytest.mark.anyio
 

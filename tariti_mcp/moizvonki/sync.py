@@ -11,17 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from weakref import WeakKeyDictionary
 
-import anyio
-import filelock
-
-from ..errors import MOIZVONKI, AccessDenied, ServiceError, Unavailable
+from ..errors import MOIZVONKI, AccessDenied, ServiceError
 from ..store import Store
+from ..syncing import Progress, exclusive
 from .client import MoizvonkiClient
 
 logger = logging.getLogger(__name__)
@@ -43,19 +39,6 @@ DEFAULT_HISTORY = 30 * DAY
 FLUSH_ROWS = 2000
 LOCK_TIMEOUT = 15.0
 MAX_PAGES = 100_000
-
-Progress = Callable[[float, float | None, str], Awaitable[None]]
-
-
-class SyncBusy(Unavailable):
-    """Another task or process is syncing the same database; the model is told to try later."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            MOIZVONKI,
-            "another sync of the call log into this database is still running",
-            advice="Try again when it finishes (a first sync of a long period takes minutes).",
-        )
 
 
 @dataclass
@@ -122,7 +105,14 @@ async def sync_calls(
     """
     if window < 60:
         raise ValueError("a backfill window shorter than a minute would take forever")
-    async with _exclusive(store, lock_timeout, progress):
+    async with exclusive(
+        store,
+        ".sync.lock",
+        service=MOIZVONKI,
+        what="the call log",
+        timeout=lock_timeout,
+        progress=progress,
+    ):
         return await _sync_calls(client, store, since, window, progress)
 
 
@@ -390,40 +380,6 @@ def _whole(value: Any) -> int:
 
 def _count(store: Store) -> int:
     return next(store.query("SELECT count(*) AS n FROM moizvonki_calls"))["n"]
-
-
-# One sync of a database at a time: in this process per Store, across processes by a lock file.
-_LOCKS: WeakKeyDictionary[Store, anyio.Lock] = WeakKeyDictionary()
-
-
-@asynccontextmanager
-async def _exclusive(
-    store: Store, timeout: float, progress: Progress | None
-) -> AsyncIterator[None]:
-    lock = _LOCKS.setdefault(store, anyio.Lock())
-    if lock.locked() and progress is not None:
-        await progress(0, None, "waiting for another sync of the call log to finish")
-    deadline = time.monotonic() + timeout
-    try:
-        with anyio.fail_after(timeout):
-            await lock.acquire()
-    except TimeoutError:
-        raise SyncBusy() from None
-    try:
-        if store.path == ":memory:":
-            yield
-            return
-        file_lock = filelock.AsyncFileLock(store.path + ".sync.lock")
-        try:
-            await file_lock.acquire(timeout=max(deadline - time.monotonic(), 0.01))
-        except filelock.Timeout:
-            raise SyncBusy() from None
-        try:
-            yield
-        finally:
-            await file_lock.release()
-    finally:
-        lock.release()
 
 
 # --- employees ------------------------------------------------------------------------------
