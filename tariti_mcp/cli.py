@@ -1,5 +1,6 @@
 """Command line: ``serve`` (the default) runs the MCP server over stdio; ``sandbox`` runs emulators;
-``amocrm login`` authorizes the integration; ``outbox`` shows and retries forwarded leads.
+``amocrm login`` authorizes the integration; ``outbox`` shows and retries forwarded leads;
+``sync`` fills the database from both services for dashboards.
 
 Logging is configured here and only here. stdout belongs to the MCP protocol while serving.
 """
@@ -92,6 +93,72 @@ def _parser() -> argparse.ArgumentParser:
     _outbox_options(retry, argparse.SUPPRESS)
     retry.add_argument("ids", nargs="*", metavar="ID", help="forwarding id or its beginning")
 
+    sync = commands.add_parser(
+        "sync",
+        help="fill the database from both services, for dashboards (safe from cron)",
+        description=SYNC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _outbox_options(sync)
+    sync.add_argument(
+        "--only", choices=("moizvonki", "amocrm"), help="sync one service (default: both)"
+    )
+    reach = sync.add_mutually_exclusive_group()
+    reach.add_argument(
+        "--since",
+        type=_iso_day,
+        metavar="YYYY-MM-DD",
+        help="calls from this day on (business time zone); default: the range already synced, "
+        "30 days on a first run",
+    )
+    reach.add_argument(
+        "--days",
+        type=_bounded(1, 3660),
+        metavar="N",
+        help="calls of the last N days, today included",
+    )
+    sync.add_argument(
+        "--window-days",
+        type=_bounded(1, 31),
+        default=3,
+        metavar="N",
+        help="days per calls.list window while back-filling (default 3)",
+    )
+    sync.add_argument(
+        "--amocrm-rate",
+        type=_rate,
+        default=2.0,
+        metavar="R",
+        help="amoCRM requests a second (default 2; the integration's 7 are shared with any "
+        "server running beside it)",
+    )
+    sync.add_argument(
+        "--wait",
+        type=_bounded(0, 86400),
+        default=60,
+        metavar="SECONDS",
+        help="how long to wait for another sync of the same database (default 60)",
+    )
+    sync.add_argument(
+        "--plain", action="store_true", help="plain progress lines even on a terminal"
+    )
+    sync.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="sync from emulators started in this process (needs --db)",
+    )
+    sync.add_argument("--seed", type=int, default=1, help="sandbox seed (default 1)")
+    sync.add_argument(
+        "--calls", type=_bounded(0, 2_000_000), default=3000, help="sandbox calls (default 3000)"
+    )
+    sync.add_argument(
+        "--sandbox-days",
+        type=_bounded(1, 3660),
+        default=60,
+        metavar="N",
+        help="days of sandbox call history (default 60)",
+    )
+
     sandbox = commands.add_parser(
         "sandbox", help="run only the API emulators and print the settings that point at them"
     )
@@ -158,6 +225,23 @@ def _bounded(low: int, high: int):
     return parse
 
 
+def _iso_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-01") from None
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.1 <= value <= 7:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 7 requests a second")
+    return value
+
+
 def _loopback(text: str) -> str:
     # The emulators hold fake credentials and no auth worth the name: never on a network.
     try:
@@ -200,6 +284,19 @@ Forwarded leads wait in the outbox (the forwarded_leads table) until amoCRM has 
 
 Both read --env-file and --db as serve does; retry needs amoCRM configured and exits 0
 when nothing it covered is left queued or failed, 1 otherwise."""
+
+
+SYNC_HELP = """\
+Fill the database from both services for dashboards: Moizvonki employees and calls (new calls
+by from_id, late uploads included; with --since or --days, older days back-filled window by
+window), amoCRM pipelines, statuses and users, and leads, contacts and companies changed since
+the last run.
+
+Safe from cron beside a running server on the same database: one sync at a time per service
+(a second one waits --wait seconds, then exits 1), WAL and a busy timeout for the rest. Each
+stream saves its place as it goes: after Ctrl-C or a failure, run it again to go on. Progress
+goes to stderr (a bar on a terminal), one summary line per service to stdout. Exit 0 when every
+service synced, 1 when one could not (the other still synced), 2 for bad settings."""
 
 
 def _outbox_options(parser: argparse.ArgumentParser, default: object = None) -> None:
@@ -769,7 +866,76 @@ def _retry_summary(store: Store, scope: list[str]) -> int:
     return 1 if waiting or failed else 0
 
 
-COMMANDS = ("serve", "sandbox", "amocrm", "outbox")
+def _sync(args: argparse.Namespace) -> int:
+    from .sync_command import Display, SyncOptions, run_sync
+
+    try:
+        settings = _configured(args.env_file)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.sandbox and not args.db:
+        return _fail("--sandbox needs --db PATH: sandbox data never goes into your database")
+
+    sandbox = None
+    if args.sandbox:
+        from .sandbox import Sandbox
+
+        sandbox = Sandbox(seed=args.seed, calls=args.calls, days=args.sandbox_days).start()
+        settings = Settings(**{**settings.model_dump(), **_lower(sandbox.env)})
+        logs.configure(settings.log_level, settings.secrets())
+    if args.db:
+        settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
+
+    wanted = {"moizvonki", "amocrm"} if args.only is None else {args.only}
+    missing = {
+        "moizvonki": settings.missing_moizvonki(),
+        "amocrm": settings.missing_amocrm(),
+    }
+    for service in sorted(wanted):
+        if missing[service] and args.only is None:
+            _say(f"{service}: not configured (set {', '.join(missing[service])}), skipped")
+    ready = {service for service in wanted if not missing[service]}
+    try:
+        if not ready:
+            names = ", ".join(sorted({name for s in wanted for name in missing[s]}))
+            return _fail(f"nothing to sync: set {names}")
+
+        since = None
+        zone = settings.zone
+        if args.since is not None:
+            since = int(dt.datetime.combine(args.since, dt.time(), zone).timestamp())
+        elif args.days is not None:
+            first = dt.datetime.now(zone).date() - dt.timedelta(days=args.days - 1)
+            since = int(dt.datetime.combine(first, dt.time(), zone).timestamp())
+        options = SyncOptions(
+            moizvonki="moizvonki" in ready,
+            amocrm="amocrm" in ready,
+            since=since,
+            window_days=args.window_days,
+            amocrm_rate=args.amocrm_rate,
+            lock_timeout=float(args.wait),
+        )
+        store = _open_store(settings)
+    except ConfigError as exc:
+        if sandbox is not None:
+            sandbox.stop()
+        return _fail(str(exc))
+
+    import anyio
+
+    display = Display(sys.stderr, bar=False if args.plain else None)
+    try:
+        code = anyio.run(run_sync, settings, store, options, display, _say)
+    except KeyboardInterrupt:
+        code = _fail("interrupted; run the same command again to go on from where it stopped")
+    finally:
+        store.close()
+        if sandbox is not None:
+            sandbox.stop()
+    return code
+
+
+COMMANDS = ("serve", "sandbox", "amocrm", "outbox", "sync")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -783,4 +949,6 @@ def main(argv: list[str] | None = None) -> int:
         return _login(args)
     if args.command == "outbox":
         return _outbox(args)
+    if args.command == "sync":
+        return _sync(args)
     return _serve(args)
