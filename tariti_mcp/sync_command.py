@@ -58,22 +58,28 @@ class Display:
     def stream(self, label: str) -> Iterator[Progress]:
         if self.bar:
             with tqdm(
-                desc=label, file=self.out, leave=False, dynamic_ncols=True, total=None
+                file=self.out,
+                leave=False,
+                dynamic_ncols=True,
+                total=None,
+                desc="starting",
+                bar_format=label + " {desc} [{elapsed}]",
             ) as bar:
-                yield self._bar_reporter(bar)
+                yield self._bar_reporter(bar, label)
         else:
             yield self._plain_reporter(label)
 
     @staticmethod
-    def _bar_reporter(bar: tqdm) -> Progress:
+    def _bar_reporter(bar: tqdm, label: str) -> Progress:
+        # The message rides in desc, after the bar, so the bar does not move as it changes.
+        with_total = label + " {percentage:3.0f}%|{bar:24}| {desc} [{elapsed}]"
+        without = label + " {desc} [{elapsed}]"
+
         async def report(done: float, total: float | None, message: str) -> None:
-            if total:
-                bar.bar_format = "{desc} {percentage:3.0f}%|{bar:24}| {postfix} [{elapsed}]"
-            else:
-                bar.bar_format = "{desc} {postfix} [{elapsed}]"
+            bar.bar_format = with_total if total else without
             bar.total = total
             bar.n = min(done, total) if total else done
-            bar.set_postfix_str(message, refresh=False)
+            bar.set_description_str(message, refresh=False)
             bar.refresh()
 
         return report
