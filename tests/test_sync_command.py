@@ -351,3 +351,69 @@ async def test_progress_is_a_bar_on_a_terminal_and_few_plain_lines_otherwise():
             await report(done * 250, None, f"synced {done * 250} leads")
     # The first report is said at once, the rest within the hour are not.
     assert plain_out.getvalue() == "amocrm leads: synced 250 leads\n"
+
+
+@pytest.mark.anyio
+async def test_sync_from_cron_beside_a_busy_server_on_one_database(tmp_path):
+    """A ``tariti-mcp sync`` process back-fills a long call log while a server on the same file
+    reads and writes through its tools: neither fails, nothing is counted twice."""
+    import json
+    import subprocess
+    import sys
+
+    from mcp import Client
+
+    from tariti_mcp.config import Settings
+    from tariti_mcp.server import create_server
+
+    with Sandbox(seed=67, calls=40_000, days=200, rate_limit=0) as busy:
+        env_file = write_env(tmp_path / "busy.env", busy.env)
+        db = tmp_path / "shared.db"
+        settings = Settings(
+            _env_file=None,
+            db_path=db,
+            analytics_freshness=0,
+            **{key.lower(): value for key, value in busy.env.items()},
+        )
+        Store(db).close()
+        command = [sys.executable, "-m", "tariti_mcp", "sync", "--env-file", env_file]
+        command += ["--db", str(db), "--days", "200", "--window-days", "2", "--plain"]
+        sync = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("TARITI_")},
+        )
+        answers = []
+        try:
+            async with Client(create_server(settings)) as client:
+                while sync.poll() is None and len(answers) < 200:
+                    for name, arguments in (
+                        ("call_amocrm_api", {"path": "/api/v4/leads", "query": {"limit": 50}}),
+                        ("get_moizvonki_analytics", {"period": "last_7_days"}),
+                    ):
+                        result = await client.call_tool(name, arguments)
+                        answers.append((name, result.is_error, result.content[0].text))
+            out, err = sync.communicate(timeout=300)
+        finally:
+            if sync.poll() is None:
+                sync.kill()
+
+        assert sync.returncode == 0, (out, err)
+        assert len(answers) >= 4, "the sync ended before the server was asked anything"
+        failures = [answer for answer in answers if answer[1]]
+        assert not failures, failures[:3]
+        assert "locked" not in err
+        # While the sync held the call log, the analytics said they could not sync, never wrong.
+        for name, _, text in answers:
+            if name == "get_moizvonki_analytics":
+                assert json.loads(text)["total_calls"] >= 0
+
+        with closing(Store(db)) as store:
+            rows = next(store.query("SELECT count(*) AS n FROM moizvonki_calls"))["n"]
+            since = store.sync_state("moizvonki.calls")["covered_from"]
+            expected = sum(1 for call in busy.moizvonki.calls if call.start_time >= since)
+            by_view = next(store.query("SELECT sum(total_calls) AS n FROM moizvonki_daily"))["n"]
+        assert rows >= expected > 30_000
+        assert by_view == rows
