@@ -191,6 +191,19 @@ class Settings(BaseSettings):
     analytics_freshness: float = Field(
         60.0, ge=0, validation_alias=AliasChoices("TARITI_ANALYTICS_FRESHNESS")
     )
+    # Serving over HTTP: who may pass, and how much they may send.
+    http_token: SecretStr = Field(SecretStr(""), validation_alias="TARITI_HTTP_TOKEN")
+    http_allowed_hosts: str = Field("", validation_alias="TARITI_HTTP_ALLOWED_HOSTS")
+    http_allowed_origins: str = Field("", validation_alias="TARITI_HTTP_ALLOWED_ORIGINS")
+    http_max_body: int = Field(
+        1_000_000, ge=1_024, le=50_000_000, validation_alias="TARITI_HTTP_MAX_BODY"
+    )
+    webhook_secret: SecretStr = Field(SecretStr(""), validation_alias="TARITI_WEBHOOK_SECRET")
+    # Writes: none at all in read-only mode; account-wide or irreversible ones only when allowed.
+    read_only: bool = Field(False, validation_alias="TARITI_READ_ONLY")
+    allow_destructive: bool = Field(False, validation_alias="TARITI_ALLOW_DESTRUCTIVE")
+    # Whose phone make_call/send_sms use, by amoCRM user: "amocrm id or e-mail=moizvonki login".
+    moizvonki_user_map: str = Field("", validation_alias="TARITI_MOIZVONKI_USER_MAP")
 
     @field_validator("amocrm_base_url")
     @classmethod
@@ -213,6 +226,8 @@ class Settings(BaseSettings):
         "amocrm_client_secret",
         "amocrm_refresh_token",
         "amocrm_auth_code",
+        "http_token",
+        "webhook_secret",
     )
     @classmethod
     def _strip_secret(cls, value: SecretStr) -> SecretStr:
@@ -319,9 +334,25 @@ class Settings(BaseSettings):
                 self.amocrm_client_secret.get_secret_value(),
                 self.amocrm_refresh_token.get_secret_value(),
                 self.amocrm_auth_code.get_secret_value(),
+                self.http_token.get_secret_value(),
+                self.webhook_secret.get_secret_value(),
             )
             if value
         ]
+
+    @staticmethod
+    def _items(text: str) -> list[str]:
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """TARITI_HTTP_ALLOWED_HOSTS as a list (comma-separated, host or host:port)."""
+        return self._items(self.http_allowed_hosts)
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """TARITI_HTTP_ALLOWED_ORIGINS as a list (comma-separated, scheme://host[:port])."""
+        return self._items(self.http_allowed_origins)
 
 
 def env_files(
