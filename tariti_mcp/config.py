@@ -204,6 +204,10 @@ class Settings(BaseSettings):
     allow_destructive: bool = Field(False, validation_alias="TARITI_ALLOW_DESTRUCTIVE")
     # Whose phone make_call/send_sms use, by amoCRM user: "amocrm id or e-mail=moizvonki login".
     moizvonki_user_map: str = Field("", validation_alias="TARITI_MOIZVONKI_USER_MAP")
+    # Other employees' own keys ("login=key,..."): a phone rings only with its owner's key.
+    moizvonki_employee_keys: SecretStr = Field(
+        SecretStr(""), validation_alias="MOIZVONKI_EMPLOYEE_KEYS"
+    )
 
     @field_validator("amocrm_base_url")
     @classmethod
@@ -228,6 +232,7 @@ class Settings(BaseSettings):
         "amocrm_auth_code",
         "http_token",
         "webhook_secret",
+        "moizvonki_employee_keys",
     )
     @classmethod
     def _strip_secret(cls, value: SecretStr) -> SecretStr:
@@ -336,9 +341,19 @@ class Settings(BaseSettings):
                 self.amocrm_auth_code.get_secret_value(),
                 self.http_token.get_secret_value(),
                 self.webhook_secret.get_secret_value(),
+                *self.employee_keys().values(),
             )
             if value
         ]
+
+    def employee_keys(self) -> dict[str, str]:
+        """MOIZVONKI_EMPLOYEE_KEYS as {login: key}; entries without "=" are ignored."""
+        keys = {}
+        for item in self._items(self.moizvonki_employee_keys.get_secret_value()):
+            login, sep, key = item.partition("=")
+            if sep and login.strip() and key.strip():
+                keys[login.strip().lower()] = key.strip()
+        return keys
 
     @staticmethod
     def _items(text: str) -> list[str]:

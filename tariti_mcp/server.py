@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from weakref import WeakKeyDictionary
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -118,6 +119,15 @@ def _state(ctx: Context) -> AppState:
     return ctx.request_context.lifespan_context
 
 
+# The state each server's lifespan built, for routes outside MCP (webhooks, health) to share.
+_STATES: WeakKeyDictionary[MCPServer, AppState] = WeakKeyDictionary()
+
+
+def current_state(server: MCPServer) -> AppState | None:
+    """The running server's state (store, clients), or None before its lifespan started."""
+    return _STATES.get(server)
+
+
 def _progress(ctx: Context):
     """A progress reporter for one tool call. MCP wants each value larger than the last, and
     pages fetched and retry waits report from different counts, so values only move up."""
@@ -182,9 +192,12 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 if outbox is not None:
                     # Leads that could not be delivered when they came go out from here.
                     background.start_soon(outbox.run)
+                state = AppState(settings, database, amocrm, moizvonki, outbox)
+                _STATES[server] = state
                 try:
-                    yield AppState(settings, database, amocrm, moizvonki, outbox)
+                    yield state
                 finally:
+                    _STATES.pop(server, None)
                     background.cancel_scope.cancel()
         finally:
             if amocrm is not None:
