@@ -36,3 +36,34 @@ def cut_list(answer: dict[str, Any], key: str, limit: int = MAX_ANSWER_CHARS) ->
 def preview(value: Any, limit: int = MAX_ANSWER_CHARS - 2000) -> str:
     """The beginning of ``value``'s JSON, for a single value too large to show whole."""
     return json.dumps(value, ensure_ascii=False, default=str)[:limit]
+
+
+def bounded(answer: dict[str, Any], limit: int = MAX_ANSWER_CHARS) -> dict[str, Any]:
+    """The answer as it may go to the model: never longer than ``limit`` characters.
+
+    The tools cut their own lists where they know how to continue (a page, a skip, a shorter
+    period); this is the last guard for whatever they did not foresee. The longest list is
+    shortened first; if that is not enough, the answer becomes a preview of itself. Either way
+    the answer says it was cut and what to ask instead.
+    """
+    if size(answer) <= limit:
+        return answer
+    answer = dict(answer)
+    lists = [key for key, value in answer.items() if isinstance(value, list) and value]
+    if lists:
+        longest = max(lists, key=lambda key: size(answer[key]))
+        total = len(answer[longest])
+        kept = cut_list(answer, longest, limit) or 0
+        answer["truncated"] = True
+        answer["note"] = (
+            f"answer cut to fit: {kept} of {total} {longest} shown; ask for a later page or "
+            "narrow the filter"
+        )
+        if size(answer) <= limit:
+            return answer
+    return {
+        "truncated": True,
+        "note": "answer too large to show whole: narrow the request (fewer fields, a filter, "
+        "a smaller limit)",
+        "preview": preview(answer, limit - 1000),
+    }
