@@ -24,7 +24,7 @@ from . import phones
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # A column value the answer did not carry: keep what the store already has.
 UNKNOWN: Any = object()
@@ -427,11 +427,33 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    # Moizvonki webhooks: calls still ringing or talking, kept apart so they never count in
+    # analytics, and every event received, as it came, with what was done with it.
+    db.execute(
+        "CREATE TABLE moizvonki_live_calls (event_pbx_call_id TEXT PRIMARY KEY, "
+        "state TEXT NOT NULL, db_call_id INTEGER, user_id INTEGER, user_account TEXT, "
+        "direction INTEGER, client_number TEXT, client_name TEXT, started_at INTEGER, "
+        "answered_at INTEGER, ended_at INTEGER, updated_at INTEGER NOT NULL, raw TEXT)"
+    )
+    db.execute("CREATE INDEX idx_moizvonki_live_calls_state ON moizvonki_live_calls (state)")
+    db.execute(
+        "CREATE TABLE moizvonki_webhook_events (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "received_at INTEGER NOT NULL, action TEXT, event_pbx_call_id TEXT, db_call_id INTEGER, "
+        "outcome TEXT NOT NULL, body TEXT)"
+    )
+    db.execute(
+        "CREATE INDEX idx_moizvonki_webhook_events_received ON moizvonki_webhook_events "
+        "(received_at)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migrate_1,
     _migrate_2,
     _migrate_3,
     _migrate_4,
+    _migrate_5,
 ]
 
 
@@ -444,6 +466,41 @@ def _create_private(path: Path) -> None:
         os.chmod(path, 0o600)
     except PermissionError:  # pragma: no cover - a file owned by someone else
         logger.warning("cannot restrict permissions of %s", path)
+
+
+def _call_row(call: dict[str, Any], now: int) -> tuple[Any, ...] | None:
+    """A ``moizvonki_calls`` row from a call as calls.list or a call.finish webhook gives it;
+    None (logged) when it has no positive id or no numeric start time."""
+    call_id = _int(call.get("db_call_id"))
+    start = _int(call.get("start_time"))
+    if call_id is None or call_id <= 0 or isinstance(call.get("db_call_id"), bool) or start is None:
+        # The id only: the row may hold a client's number.
+        logger.warning(
+            "skipped a call that cannot be read (db_call_id %r, start_time %r)",
+            str(call.get("db_call_id"))[:20],
+            str(call.get("start_time"))[:20],
+        )
+        return None
+    number = (_text(call.get("client_number")) or "").strip()
+    return (
+        call_id,
+        _int(call.get("direction")),
+        _flag(call.get("answered")),
+        start,
+        _int(call.get("answer_time")) or 0,
+        _int(call.get("end_time")),
+        _int(call.get("duration")) or 0,
+        _int(call.get("upload_time")),
+        number,
+        phones.last10(number),
+        _text(call.get("client_name")),
+        _int(call.get("user_id")),
+        _text(call.get("user_account")) or None,
+        _text(call.get("src_number")) or None,
+        _text(call.get("recording")) or "",
+        _json(call),
+        now,
+    )
 
 
 # One statement per call: sqlite-utils' generic upsert costs several times more per row, and a
@@ -473,6 +530,7 @@ ON CONFLICT (db_call_id) DO UPDATE SET
     raw = excluded.raw,
     fetched_at = excluded.fetched_at
 """
+_INSERT_NEW_CALL = _UPSERT_CALL.split("ON CONFLICT")[0] + "ON CONFLICT (db_call_id) DO NOTHING"
 
 
 class Store:
@@ -879,51 +937,80 @@ class Store:
         does not carry (``supervised`` off) or carries empty keeps the value already stored.
         """
         now = _now()
-        rows = []
-        highest: int | None = None
-        for call in calls:
-            call_id = _int(call.get("db_call_id"))
-            start = _int(call.get("start_time"))
-            if (
-                call_id is None
-                or call_id <= 0
-                or isinstance(call.get("db_call_id"), bool)
-                or start is None
-            ):
-                # The id only: the row may hold a client's number.
-                logger.warning(
-                    "skipped a call that cannot be read (db_call_id %r, start_time %r)",
-                    str(call.get("db_call_id"))[:20],
-                    str(call.get("start_time"))[:20],
-                )
-                continue
-            highest = call_id if highest is None else max(highest, call_id)
-            number = (_text(call.get("client_number")) or "").strip()
-            rows.append(
-                (
-                    call_id,
-                    _int(call.get("direction")),
-                    _flag(call.get("answered")),
-                    start,
-                    _int(call.get("answer_time")) or 0,
-                    _int(call.get("end_time")),
-                    _int(call.get("duration")) or 0,
-                    _int(call.get("upload_time")),
-                    number,
-                    phones.last10(number),
-                    _text(call.get("client_name")),
-                    _int(call.get("user_id")),
-                    _text(call.get("user_account")) or None,
-                    _text(call.get("src_number")) or None,
-                    _text(call.get("recording")) or "",
-                    _json(call),
-                    now,
-                )
-            )
+        rows = [row for row in (_call_row(call, now) for call in calls) if row is not None]
         if rows:
             with self.db.conn:
                 self.db.conn.executemany(_UPSERT_CALL, rows)
-        return len(rows), highest
+        return len(rows), max((row[0] for row in rows), default=None)
+
+    def add_call(self, call: dict[str, Any]) -> bool | None:
+        """Store a call the store does not hold yet, read as ``upsert_calls`` reads it.
+
+        True when added, False when a row with its id was there already (left as it is: a
+        webhook never overwrites what ``calls.list`` stored), None when it cannot be read.
+        """
+        row = _call_row(call, _now())
+        if row is None:
+            return None
+        with self.db.conn:
+            added = self.db.conn.execute(_INSERT_NEW_CALL, row).rowcount
+        return added == 1
+
+    def change_live_call(
+        self,
+        event_pbx_call_id: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Read a live call, let ``change`` return its new row (None: leave it), write it.
+
+        One write transaction, so two events of one call arriving together cannot lose one.
+        Returns the row as stored afterwards.
+        """
+        with self._immediate():
+            found = list(
+                self.query(
+                    "SELECT * FROM moizvonki_live_calls WHERE event_pbx_call_id = ?",
+                    [event_pbx_call_id],
+                )
+            )
+            current = found[0] if found else None
+            changed = change(dict(current) if current is not None else None)
+            if changed is None or changed == current:
+                return current
+            changed = {**changed, "event_pbx_call_id": event_pbx_call_id, "updated_at": _now()}
+            columns = ", ".join(changed)
+            marks = ", ".join("?" for _ in changed)
+            self.db.execute(
+                f"INSERT OR REPLACE INTO moizvonki_live_calls ({columns}) VALUES ({marks})",
+                list(changed.values()),
+            )
+        return changed
+
+    def record_webhook_event(
+        self,
+        *,
+        action: str | None,
+        outcome: str,
+        body: str,
+        event_pbx_call_id: str | None = None,
+        db_call_id: int | None = None,
+        received_at: int | None = None,
+    ) -> int:
+        """Add one received webhook event to the audit log; return its id."""
+        with self.db.conn:
+            cursor = self.db.execute(
+                "INSERT INTO moizvonki_webhook_events (received_at, action, event_pbx_call_id, "
+                "db_call_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    received_at if received_at is not None else _now(),
+                    action,
+                    event_pbx_call_id,
+                    db_call_id,
+                    outcome,
+                    body,
+                ],
+            )
+        return int(cursor.lastrowid or 0)
 
     def upsert_employees(self, employees: Iterable[dict[str, Any]]) -> int:
         now = _now()
