@@ -1,4 +1,5 @@
-"""Command line: ``serve`` (the default) runs the MCP server over stdio; ``sandbox`` runs emulators;
+"""Command line: ``serve`` (the default) runs the MCP server over stdio or HTTP; ``sandbox`` runs
+emulators;
 ``amocrm login`` authorizes the integration; ``outbox`` shows and retries forwarded leads;
 ``sync`` fills the database from both services for dashboards.
 
@@ -13,6 +14,7 @@ import ipaddress
 import json
 import logging
 import shutil
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -27,6 +29,8 @@ from .config import ConfigError, Settings, load_settings
 from .store import Store
 
 if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
     from .amocrm.outbox import Outbox
 
 logger = logging.getLogger("tariti_mcp")
@@ -40,8 +44,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tariti-mcp {__version__}")
     commands = parser.add_subparsers(dest="command")
 
-    serve = commands.add_parser("serve", help="run the MCP server over stdio (the default)")
+    serve = commands.add_parser(
+        "serve", help="run the MCP server over stdio (the default) or streamable HTTP"
+    )
     serve.add_argument("--env-file", help="env file to read (after the environment)")
+    serve.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
+        help="stdio (default) for a host that starts the server; http serves MCP at /mcp",
+    )
+    serve.add_argument(
+        "--host",
+        help="with --transport http: address to bind (default 127.0.0.1; any other needs "
+        "TARITI_HTTP_TOKEN and TARITI_HTTP_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_bounded(0, 65535),
+        help="with --transport http: port to listen on (default 8000; 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--stateful",
+        action="store_true",
+        help="with --transport http: keep MCP sessions between requests (default: stateless)",
+    )
     serve.add_argument(
         "--sandbox",
         action="store_true",
@@ -353,6 +380,7 @@ def _open_store(settings: Settings) -> Store:
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = _configured(args.env_file)
+        listener = _http_listener(settings, args)
     except ConfigError as exc:
         return _fail(str(exc))
 
@@ -392,12 +420,21 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         if sandbox is not None:
             sandbox.stop()
+        if listener is not None:
+            listener.close()
         return _fail(str(exc))
+    code = 0
     try:
-        create_server(settings, store=store).run()
+        server = create_server(settings, store=store)
+        if listener is None:
+            server.run()
+        else:
+            code = _serve_http(server, settings, listener, args)
     except KeyboardInterrupt:
         pass
     finally:
+        if listener is not None:
+            listener.close()
         store.close()
         if settings.scratch_db:
             for suffix in ("", "-wal", "-shm", ".amocrm.lock", ".migrate.lock"):
@@ -406,6 +443,54 @@ def _serve(args: argparse.Namespace) -> int:
             sandbox.stop()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    return code
+
+
+def _http_listener(settings: Settings, args: argparse.Namespace) -> socket.socket | None:
+    """For --transport http: the settings checked for the bind and its socket, before anything
+    else starts, so a refusal or a taken port costs nothing. None for stdio."""
+    if args.transport != "http":
+        if args.host is not None or args.port is not None or args.stateful:
+            raise ConfigError("--host, --port and --stateful go with --transport http")
+        return None
+    from . import web
+
+    args.host = args.host or "127.0.0.1"
+    args.port = 8000 if args.port is None else args.port
+    web.check_exposure(settings, args.host)
+    try:
+        return web.listen(args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {args.host} port {args.port}: {exc.strerror or exc}"
+        ) from None
+
+
+def _serve_http(
+    server: MCPServer, settings: Settings, listener: socket.socket, args: argparse.Namespace
+) -> int:
+    import uvicorn
+
+    from . import web
+
+    port = listener.getsockname()[1]
+    app = web.build_app(server, settings, host=args.host, port=port, stateless=not args.stateful)
+    # No access log: the webhook's URL holds its secret. uvicorn's own lines go to our handler.
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        ws="none",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    runner = uvicorn.Server(config)
+    name = f"[{args.host}]" if ":" in args.host else args.host
+    logger.info("serving MCP at http://%s:%d%s", name, port, web.MCP_PATH)
+    runner.run(sockets=[listener])
+    if not runner.started:
+        return _fail("the HTTP server did not start; the log above says why")
     return 0
 
 
