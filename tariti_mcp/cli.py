@@ -805,6 +805,11 @@ def _by_prefix(store: Store, text: str) -> dict:
 
 
 def _outbox_retry(ids: list[str], settings: Settings, store: Store) -> int:
+    if settings.read_only:
+        return _fail(
+            "outbox retry sends leads to amoCRM, and TARITI_READ_ONLY=true forbids every write: "
+            "nothing was sent, the leads stay queued"
+        )
     if not settings.amocrm_configured:
         return _fail(f"amoCRM is not configured: set {', '.join(settings.missing_amocrm())}")
     now = time.time()

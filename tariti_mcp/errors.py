@@ -3,6 +3,7 @@
     TaritiError                 str(error) is exactly what the model reads
     ├── InvalidArgument         a tool argument is wrong; names it and the fix
     ├── NotConfigured           a service has no settings; lists the variables to set
+    ├── WriteRefused            the server's settings forbid this write; names the setting
     └── ServiceError            amoCRM or Moizvonki failed (service, status, request id)
         ├── Unavailable         no connection, timeout or 5xx; a read may be tried again later
         │   └── OutcomeUnknown  a write was sent and no answer came: it may have landed
@@ -52,6 +53,27 @@ class NotConfigured(TaritiError):
             f"{service} is not configured on this server: set {', '.join(variables)} in the "
             "server's environment or env file, then restart it."
         )
+
+
+class WriteRefused(TaritiError):
+    """A write this server's settings do not allow: read-only mode, an irreversible or
+    account-wide action without TARITI_ALLOW_DESTRUCTIVE, or no key for the employee whose phone
+    would act. Nothing was sent; the model is told which setting the operator would change."""
+
+
+def read_only_refusal(service: str, what: str) -> WriteRefused:
+    return WriteRefused(
+        f"{what} is refused: this server is read-only (TARITI_READ_ONLY=true), so it sends no "
+        f"change to {service}. Only reads are available; writes need the operator to set "
+        "TARITI_READ_ONLY=false and restart the server."
+    )
+
+
+def destructive_refusal(what: str, why: str) -> WriteRefused:
+    return WriteRefused(
+        f"{what} is refused: {why}. Such actions need the operator to set "
+        "TARITI_ALLOW_DESTRUCTIVE=true and restart the server; nothing was sent."
+    )
 
 
 class ServiceError(TaritiError):

@@ -19,16 +19,23 @@ from pydantic import Field
 
 from . import __version__
 from .amocrm import leads as amocrm_leads
-from .amocrm.api import call_api
-from .amocrm.client import AmoCrmClient
+from .amocrm.api import GuardedClient, call_api
+from .amocrm.client import METHODS, AmoCrmClient
 from .amocrm.outbox import Outbox, outbox_for
 from .amocrm.tokens import amocrm_credentials
 from .config import Settings
-from .errors import AMOCRM, MOIZVONKI, InvalidArgument, NotConfigured, TaritiError
+from .errors import (
+    AMOCRM,
+    MOIZVONKI,
+    InvalidArgument,
+    NotConfigured,
+    TaritiError,
+    read_only_refusal,
+)
 from .http import Gate
 from .moizvonki import analytics
-from .moizvonki.api import analytics_report, call_action
-from .moizvonki.client import MoizvonkiClient
+from .moizvonki.api import PhoneOwners, analytics_report, call_action, parse_user_map
+from .moizvonki.client import ACTIONS, DESTRUCTIVE, MoizvonkiClient
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -41,20 +48,25 @@ Tools for a sales team's amoCRM account and its Moizvonki call log.
 - get_moizvonki_analytics: call statistics for a period; prefer it over listing calls.
 Errors say what to change; a write whose outcome is unknown must be checked before resending."""
 
-MoizvonkiAction = Literal[
-    "calls.list",
-    "calls.get_sms_templates",
-    "calls.make_call",
-    "calls.send_sms",
-    "webhook.list",
-    "webhook.subscribe",
-    "webhook.unsubscribe",
-    "company.list_employee",
-    "company.list_group",
-    "company.create_employee",
-    "company.activate_employee",
-    "company.delete_employee",
-]
+READ_ONLY_INSTRUCTIONS = """\
+Tools for a sales team's amoCRM account and its Moizvonki call log. This server is read-only:
+it changes nothing in either service.
+- call_amocrm_api: any amoCRM API v4 GET request. Lists come back as items with paging facts.
+- call_moizvonki_api: Moizvonki's read actions; credentials are added by the server.
+- get_moizvonki_analytics: call statistics for a period; prefer it over listing calls.
+Errors say what to change."""
+
+AMOCRM_WRITES = (
+    "POST/PATCH/DELETE change the CRM: never repeat one whose outcome was unknown without "
+    "checking first."
+)
+AMOCRM_NO_DELETE = " DELETE is refused unless the operator allows destructive actions."
+AMOCRM_READ_ONLY = "This server is read-only: only GET is accepted, nothing in amoCRM changes."
+MOIZVONKI_WRITES = (
+    "make_call and send_sms act on the real phone of the employee you name in `employee`: "
+    "never repeat one whose outcome was unknown."
+)
+MOIZVONKI_READ_ONLY = "This server is read-only: only the read actions are accepted."
 
 Period = Literal[
     "",
@@ -75,6 +87,16 @@ Breakdown = Literal["by_day", "by_hour", "by_weekday", "by_month", "by_employee"
 Answer = Annotated[CallToolResult, dict[str, Any]]
 
 
+def _choice(values: list[str], description: str, default: Any = ...) -> Any:
+    """A text argument offered as a fixed list that depends on the server's settings.
+
+    Annotations are read in module scope, so the list travels in the default's Field. The type
+    stays plain text: a value outside the list reaches the service code, which refuses it with
+    its own message (read-only mode, say) rather than a generic validation error.
+    """
+    return Field(default, description=description, json_schema_extra={"enum": values})
+
+
 def _answer(payload: dict[str, Any]) -> CallToolResult:
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
@@ -89,6 +111,7 @@ class AppState:
     amocrm: AmoCrmClient | None
     moizvonki: MoizvonkiClient | None
     outbox: Outbox | None = None
+    phone_owners: PhoneOwners | None = None
 
     def require_amocrm(self) -> AmoCrmClient:
         if self.amocrm is None:
@@ -96,6 +119,8 @@ class AppState:
         return self.amocrm
 
     def require_outbox(self) -> Outbox:
+        if self.settings.read_only:
+            raise read_only_refusal(AMOCRM, "forwarding a lead")
         if self.outbox is None:
             raise NotConfigured(AMOCRM, self.settings.missing_amocrm())
         return self.outbox
@@ -169,16 +194,29 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         if settings.amocrm_configured:
             gate = Gate(settings.amocrm_rate_limit)
             credentials = await amocrm_credentials(settings, database, gate)
-            amocrm = AmoCrmClient(
-                settings.amocrm_base_url, credentials, timeout=settings.http_timeout, gate=gate
+            amocrm = GuardedClient(
+                settings.amocrm_base_url,
+                credentials,
+                timeout=settings.http_timeout,
+                gate=gate,
+                read_only=settings.read_only,
+                allow_destructive=settings.allow_destructive,
             )
         moizvonki = None
+        phone_owners = None
         if settings.moizvonki_configured:
             moizvonki = MoizvonkiClient(
                 settings.moizvonki_base_url,
                 settings.moizvonki_user,
                 settings.moizvonki_api_key.get_secret_value(),
                 timeout=settings.http_timeout,
+                read_only=settings.read_only,
+                allow_destructive=settings.allow_destructive,
+            )
+            phone_owners = PhoneOwners(
+                moizvonki.login,
+                settings.employee_keys(),
+                parse_user_map(settings.moizvonki_user_map),
             )
         logger.info(
             "server started: amoCRM %s, Moizvonki %s, database %s",
@@ -186,13 +224,21 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             "configured" if moizvonki else "not configured",
             database.path,
         )
-        outbox = outbox_for(amocrm, database, settings) if amocrm is not None else None
+        outbox = None
+        if amocrm is not None and settings.read_only:
+            logger.info(
+                "read-only mode: the outbox is not delivered; %d forwarded leads waiting in it "
+                "stay queued",
+                len(database.pending_leads()),
+            )
+        elif amocrm is not None:
+            outbox = outbox_for(amocrm, database, settings)
         try:
             async with anyio.create_task_group() as background:
                 if outbox is not None:
                     # Leads that could not be delivered when they came go out from here.
                     background.start_soon(outbox.run)
-                state = AppState(settings, database, amocrm, moizvonki, outbox)
+                state = AppState(settings, database, amocrm, moizvonki, outbox, phone_owners)
                 _STATES[server] = state
                 try:
                     yield state
@@ -208,37 +254,49 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             if own_store:
                 database.close()
 
+    read_only = settings.read_only
     server = MCPServer(
         "tariti-mcp",
         version=__version__,
-        instructions=INSTRUCTIONS,
+        instructions=READ_ONLY_INSTRUCTIONS if read_only else INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.log_level,  # type: ignore[arg-type]
     )
 
-    def _tool(**options: Any):
-        # The docstring is the model's description; drop its source indentation.
+    def _tool(*, more: str = "", **options: Any):
+        # The docstring is the model's description, followed by what depends on the settings.
         def register(function):
-            server.add_tool(function, description=inspect.cleandoc(function.__doc__), **options)
+            description = inspect.cleandoc(function.__doc__)
+            if more:
+                description += " " + more
+            server.add_tool(function, description=description, **options)
             return function
 
         return register
 
-    @_tool(
-        title="amoCRM API request",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=True,
-            idempotent_hint=False,
-            open_world_hint=True,
-        ),
+    # Tools that can write say so; in read-only mode nothing they do reaches a service.
+    api_annotations = ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=not read_only,
+        idempotent_hint=read_only,
+        open_world_hint=True,
     )
+    if read_only:
+        methods = ["GET"]
+        method_help = "HTTP method: only GET, since this server is read-only."
+        amocrm_more = AMOCRM_READ_ONLY
+    else:
+        methods = list(METHODS)
+        method_help = (
+            "HTTP method. GET reads; POST creates; PATCH updates; DELETE removes "
+            "(only when the server allows destructive actions)."
+        )
+        amocrm_more = AMOCRM_WRITES + ("" if settings.allow_destructive else AMOCRM_NO_DELETE)
+
+    @_tool(title="amoCRM API request", annotations=api_annotations, more=amocrm_more)
     async def call_amocrm_api(
         *,
-        method: Annotated[
-            Literal["GET", "POST", "PATCH", "DELETE"],
-            Field(description="HTTP method. GET reads; POST creates; PATCH updates."),
-        ] = "GET",
+        method: str = _choice(methods, method_help, "GET"),
         path: Annotated[
             str,
             Field(
@@ -287,8 +345,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         limit and skip to continue). Limit is at most 250 per page. 204 means
         nothing matched and is not an error. Lead status filter: filter[statuses][0][pipeline_id]
         and filter[statuses][0][status_id]. All timestamps are Unix seconds. Send only the
-        fields you change in PATCH. POST/PATCH/DELETE change the CRM: never repeat one whose
-        outcome was unknown without checking first."""
+        fields you change in PATCH."""
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_amocrm()
@@ -308,18 +365,11 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                     skip=skip,
                     zone=state.settings.zone,
                     progress=_progress(ctx),
+                    read_only=state.settings.read_only,
+                    allow_destructive=state.settings.allow_destructive,
                 )
             )
 
-    @_tool(
-        title="Forward a lead to amoCRM",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=True,
-        ),
-    )
     async def forward_lead_to_amocrm(
         *,
         name: Annotated[str, Field(description="The person's name.")] = "",
@@ -429,25 +479,50 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             )
             return _answer(await outbox.submit(lead, dry_run=dry_run))
 
-    @_tool(
-        title="Moizvonki API action",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=True,
-            idempotent_hint=False,
-            open_world_hint=True,
-        ),
-    )
+    if not read_only:
+        # Hidden in read-only mode: a client sees only what the server can do.
+        _tool(
+            title="Forward a lead to amoCRM",
+            annotations=ToolAnnotations(
+                read_only_hint=False,
+                destructive_hint=False,
+                idempotent_hint=False,
+                open_world_hint=True,
+            ),
+        )(forward_lead_to_amocrm)
+
+    if read_only:
+        actions = [action for action, reads in ACTIONS.items() if reads]
+        action_help = (
+            "The Moizvonki action; only reads, since this server is read-only. company.* and "
+            "webhook.* need an administrator."
+        )
+        employee_help = "Not used: this server is read-only, so nothing rings or sends."
+        moizvonki_more = MOIZVONKI_READ_ONLY
+    else:
+        actions = list(ACTIONS)
+        action_help = (
+            "The Moizvonki action. calls.make_call rings the phone of `employee`; "
+            "calls.send_sms sends from it; company.* and webhook.* need an administrator. "
+            + (
+                "company.delete_employee deletes the user AND all their calls; webhook.subscribe "
+                "replaces the account's URL for that event."
+                if settings.allow_destructive
+                else f"Refused unless the operator allows destructive actions: "
+                f"{', '.join(DESTRUCTIVE)}."
+            )
+        )
+        employee_help = (
+            "Required for calls.make_call and calls.send_sms, unused otherwise: whose phone "
+            "rings or sends. A Moizvonki login e-mail or employee id, or an amoCRM user id or "
+            "e-mail the server maps to one."
+        )
+        moizvonki_more = MOIZVONKI_WRITES
+
+    @_tool(title="Moizvonki API action", annotations=api_annotations, more=moizvonki_more)
     async def call_moizvonki_api(
         *,
-        action: Annotated[
-            MoizvonkiAction,
-            Field(
-                description="The Moizvonki action. calls.make_call rings the configured "
-                "user's phone; calls.send_sms sends from it; company.* and webhook.* need an "
-                "administrator; company.delete_employee deletes the user AND all their calls."
-            ),
-        ],
+        action: str = _choice(actions, action_help),
         params: Annotated[
             dict[str, Any],
             Field(
@@ -466,13 +541,13 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             ),
         ] = False,
         max_pages: Annotated[int, Field(description="Page cap for all_pages.", ge=1, le=500)] = 20,
+        employee: str = Field("", description=employee_help),
         ctx: Context,
     ) -> Answer:
         """Run one Moizvonki API action; the server adds the login and key. Calls: direction 0
         is incoming, 1 outgoing; `answered` (not duration) says whether it was answered; times
         are Unix seconds UTC. For counts and durations use get_moizvonki_analytics instead of
-        listing calls. make_call and send_sms act on a real phone: never repeat one whose
-        outcome was unknown."""
+        listing calls."""
         state = _state(ctx)
         with _as_tool_errors():
             client = state.require_moizvonki()
@@ -487,6 +562,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                     max_pages=max_pages,
                     region=state.settings.default_region,
                     progress=_progress(ctx),
+                    employee=employee,
+                    owners=state.phone_owners,
                 )
             )
 

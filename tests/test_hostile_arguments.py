@@ -61,7 +61,9 @@ CASES = [
 @pytest.mark.anyio
 @pytest.mark.parametrize(("tool", "arguments", "expected"), CASES)
 async def test_hostile_argument_is_explained(sandbox_settings, tool, arguments, expected):
-    async with Client(create_server(sandbox_settings, store=Store()), mode="legacy") as client:
+    # Allowed, so that company.create_employee's unchecked params reach the JSON check.
+    settings = sandbox_settings.model_copy(update={"allow_destructive": True})
+    async with Client(create_server(settings, store=Store()), mode="legacy") as client:
         result = await client.call_tool(tool, arguments)
     text = result.content[0].text
     assert result.is_error

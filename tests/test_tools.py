@@ -400,7 +400,11 @@ async def test_moizvonki_text_answer_and_unknown_param(client, sandbox):
     error, result = await call(
         client,
         "call_moizvonki_api",
-        {"action": "calls.send_sms", "params": {"to": "+79161234567", "text": "Здравствуйте"}},
+        {
+            "action": "calls.send_sms",
+            "params": {"to": "+79161234567", "text": "Здравствуйте"},
+            "employee": sandbox.moizvonki_user,
+        },
     )
     assert not error, result
     assert result["answer"] == {"message": "SMS posted"}
@@ -561,7 +565,9 @@ async def test_concurrent_forwards_of_one_new_person_make_one_contact(client, sa
 async def test_deleted_employee_calls_leave_the_analytics(tmp_path):
     with Sandbox(seed=11, calls=600, days=10) as own:
         env = {key.lower(): value for key, value in own.env.items()}
-        settings = Settings(_env_file=None, db_path=tmp_path / "t.db", **env)
+        settings = Settings(
+            _env_file=None, db_path=tmp_path / "t.db", allow_destructive=True, **env
+        )
         async with Client(create_server(settings, store=Store()), mode="legacy") as client:
             first = dt.datetime.fromtimestamp(own.data.now, MOSCOW).date() - dt.timedelta(days=5)
             period = {"date_from": first.isoformat()}

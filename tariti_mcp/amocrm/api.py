@@ -10,12 +10,13 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 from ..answers import MAX_ANSWER_CHARS, cut_list, preview, size
-from ..errors import InvalidArgument
+from ..errors import AMOCRM, InvalidArgument, destructive_refusal, read_only_refusal
 from ..store import Store
 from .client import (
     DEFAULT_ZONE,
     METHODS,
     AmoCrmClient,
+    Answer,
     api_path,
     check_query,
     flatten_query,
@@ -42,6 +43,44 @@ _SINGLE = [
     (re.compile(r"^/api/v4/leads/pipelines/\d+$"), "pipelines"),
     (re.compile(r"^/api/v4/(leads|contacts|companies|users)/\d+$"), None),
 ]
+
+
+def check_write(method: str, path: str, *, read_only: bool, allow_destructive: bool) -> None:
+    """Refuse a request the server's settings forbid, before anything is sent."""
+    method = method.upper().strip()
+    if method != "GET" and read_only:
+        raise read_only_refusal(AMOCRM, f"{method} {path}")
+    if method == "DELETE" and not allow_destructive:
+        raise destructive_refusal(
+            f"DELETE {path}",
+            "DELETE in amoCRM removes account-wide things (a pipeline, a custom field with its "
+            "values in every deal, a webhook) that the API cannot bring back",
+        )
+
+
+class GuardedClient(AmoCrmClient):
+    """An amoCRM client that holds every request to the server's write settings, whoever sends
+    it: the tool, the outbox, or a route added later."""
+
+    def __init__(
+        self, *args: Any, read_only: bool = False, allow_destructive: bool = False, **options: Any
+    ) -> None:
+        super().__init__(*args, **options)
+        self.read_only = read_only
+        self.allow_destructive = allow_destructive
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        **options: Any,
+    ) -> Answer:
+        check_write(
+            method, path, read_only=self.read_only, allow_destructive=self.allow_destructive
+        )
+        return await super().request(method, path, query, body, **options)
 
 
 def _strip_links(value: Any) -> Any:
@@ -99,15 +138,20 @@ async def call_api(
     skip: int = 0,
     zone: ZoneInfo = DEFAULT_ZONE,
     progress: Progress | None = None,
+    read_only: bool = False,
+    allow_destructive: bool = False,
 ) -> dict[str, Any]:
     """Run one API call (or a walk over its pages) and shape the answer for the model.
 
-    ``capped_by`` names what set ``max_pages`` (the argument or the server's setting).
+    ``capped_by`` names what set ``max_pages`` (the argument or the server's setting);
+    ``read_only`` and ``allow_destructive`` are the server's write settings.
     """
     method = method.upper().strip()
+    offered = ("GET",) if read_only else METHODS
     if method not in METHODS:
-        raise InvalidArgument(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+        raise InvalidArgument(f"method must be one of {', '.join(offered)} (got {method!r})")
     path = api_path(path)
+    check_write(method, path, read_only=read_only, allow_destructive=allow_destructive)
     pairs, notes = check_query(path, flatten_query(query or {}), zone)
     if method == "GET" and body not in (None, {}, []):
         raise InvalidArgument("a GET request takes no body: put filters in `query`")

@@ -7,15 +7,16 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .. import phones
 from ..answers import MAX_ANSWER_CHARS, cut_list, preview, size
-from ..errors import InvalidArgument, ServiceError
+from ..errors import InvalidArgument, ServiceError, WriteRefused
 from ..store import Store
 from . import analytics
-from .client import ACTIONS, PAGED_ACTIONS, RESERVED, MoizvonkiClient
+from .client import ACTIONS, PAGED_ACTIONS, PHONE_ACTIONS, RESERVED, Login, MoizvonkiClient
 from .sync import CALLS, sync_calls, sync_employees, sync_warnings
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,113 @@ def _phone(value: Any, region: str) -> str:
     return number
 
 
+@dataclass(frozen=True)
+class PhoneOwners:
+    """Whom make_call and send_sms may act as: MOIZVONKI_USER and the employees whose own keys
+    are in MOIZVONKI_EMPLOYEE_KEYS, reachable also by amoCRM user through
+    TARITI_MOIZVONKI_USER_MAP. Moizvonki rings the phone of the login a request carries, and
+    only with that login's key."""
+
+    admin: Login
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
+    user_map: dict[str, str] = field(default_factory=dict)
+
+    def logins(self) -> list[str]:
+        return sorted({self.admin.user, *self.keys})
+
+    def login_for(self, user: str) -> Login:
+        if user.lower() == self.admin.user.lower():
+            return self.admin
+        key = self.keys.get(user.lower())
+        if key is None:
+            raise WriteRefused(
+                f"the server holds no API key for {user}, and Moizvonki acts on an employee's "
+                "phone only with that employee's own key: the operator must add "
+                f"{user}=<their key> to MOIZVONKI_EMPLOYEE_KEYS and restart the server. Employees "
+                f"it can act for now: {', '.join(self.logins())}"
+            )
+        return Login(user, key)
+
+
+def parse_user_map(text: str) -> dict[str, str]:
+    """TARITI_MOIZVONKI_USER_MAP ("amoCRM user id or e-mail=Moizvonki login, ...") as a dict
+    keyed by the lower-cased amoCRM side."""
+    mapping = {}
+    for item in (part.strip() for part in text.split(",")):
+        amocrm_user, sep, login = item.partition("=")
+        if not sep or not amocrm_user.strip() or not login.strip():
+            if item:
+                logger.warning("TARITI_MOIZVONKI_USER_MAP: %r is not user=login; ignored", item)
+            continue
+        mapping[amocrm_user.strip().lower()] = login.strip()
+    return mapping
+
+
+def _known_employees(store: Store | None) -> str:
+    rows = store.employees() if store is not None else []
+    if not rows:
+        return "List them with company.list_employee."
+    shown = [
+        f"{row.get('display_name') or '?'} <{row.get('email')}> (id {row['id']})" for row in rows
+    ]
+    more = f" and {len(shown) - 20} more" if len(shown) > 20 else ""
+    return f"Known employees: {'; '.join(shown[:20])}{more}."
+
+
+async def _login_by_id(client: MoizvonkiClient, store: Store | None, employee_id: int) -> str:
+    """The login of a Moizvonki employee id, from the store or, failing that, the account."""
+
+    def stored() -> str | None:
+        rows = store.employees() if store is not None else []
+        return next((row["email"] for row in rows if row["id"] == employee_id), None)
+
+    login = stored()
+    if login is None and store is not None:
+        try:
+            await sync_employees(client, store, force=True)
+        except ServiceError:
+            logger.info("could not read the employee list to find id %d", employee_id)
+        login = stored()
+    if not login:
+        raise InvalidArgument(
+            f"employee {employee_id} is no Moizvonki employee id known here: give the "
+            f"employee's Moizvonki login e-mail instead. {_known_employees(store)}"
+        )
+    return login
+
+
+async def phone_owner(
+    client: MoizvonkiClient,
+    store: Store | None,
+    owners: PhoneOwners,
+    action: str,
+    employee: str,
+) -> Login:
+    """The login and key whose phone ``action`` uses, from the tool's ``employee`` argument.
+
+    Never the configured administrator by default: every click-to-call would ring that phone.
+    """
+    text = employee.strip()
+    if not text:
+        raise InvalidArgument(
+            f"{action} acts on a real employee's phone: name whose with employee=<Moizvonki "
+            "login e-mail or employee id>. The server can act for: "
+            f"{', '.join(owners.logins())}. {_known_employees(store)}"
+        )
+    user = owners.user_map.get(text.lower())
+    if user is None and text.isdigit():
+        user = await _login_by_id(client, store, int(text))
+    if user is None and "@" in text:
+        user = text
+    if user is None:
+        raise InvalidArgument(
+            f"employee must be a Moizvonki login e-mail or employee id (got {text[:60]!r})"
+            + (", or an amoCRM user listed in TARITI_MOIZVONKI_USER_MAP" if owners.user_map else "")
+            + f". {_known_employees(store)}"
+        )
+    return owners.login_for(user)
+
+
 def check_params(
     action: str, params: dict[str, Any], zone: ZoneInfo, region: str = "RU"
 ) -> dict[str, Any]:
@@ -175,16 +283,34 @@ async def call_action(
     max_pages: int = 20,
     region: str = "RU",
     progress: Progress | None = None,
+    employee: str = "",
+    owners: PhoneOwners | None = None,
 ) -> dict[str, Any]:
+    """Run one action for the tool. ``employee`` names whose phone make_call and send_sms use
+    (see :func:`phone_owner`); other actions take no employee."""
+    if action in ACTIONS:
+        client.check_allowed(action)
     checked = check_params(action, params, zone, region)
+    login = None
+    if action in PHONE_ACTIONS:
+        login = await phone_owner(
+            client, store, owners or PhoneOwners(client.login), action, employee
+        )
+    elif employee.strip():
+        raise InvalidArgument(
+            f"employee is only for calls.make_call and calls.send_sms, not {action}: leave it "
+            "empty (for one employee's call figures use get_moizvonki_analytics)"
+        )
     result: dict[str, Any] = {"action": action}
+    if login is not None:
+        result["employee"] = login.user
 
     async def waiting(delay: float, message: str) -> None:
         if progress is not None:
             await progress(0, None, message)
 
     if action not in PAGED_ACTIONS:
-        answer = await client.call(action, checked, on_wait=waiting)
+        answer = await client.call(action, checked, on_wait=waiting, login=login)
         if action == "company.delete_employee" and store is not None:
             # Moizvonki deleted the employee's calls too; the store must not keep counting them.
             removed = store.delete_employee(

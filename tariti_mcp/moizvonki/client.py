@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from ..errors import MOIZVONKI, InvalidArgument, moizvonki_error, scrub
+from ..errors import (
+    MOIZVONKI,
+    AuthFailed,
+    InvalidArgument,
+    destructive_refusal,
+    moizvonki_error,
+    read_only_refusal,
+    scrub,
+)
 from ..http import DEFAULT_RETRY, RetryPolicy, WaitCallback, build_client, send
 
 logger = logging.getLogger(__name__)
@@ -32,10 +41,35 @@ ACTIONS: dict[str, bool] = {
 PAGED_ACTIONS = ("calls.list", "company.list_employee", "company.list_group")
 RESERVED = ("user_name", "api_key", "action")
 MAX_RESULTS = 100
+# Actions that use one employee's own phone: the request must carry that employee's login.
+PHONE_ACTIONS = ("calls.make_call", "calls.send_sms")
+# Irreversible or account-wide actions, sent only when the operator allowed them, and why not.
+DESTRUCTIVE: dict[str, str] = {
+    "company.delete_employee": "it deletes the employee's login and every call of theirs, "
+    "irreversibly",
+    "company.create_employee": "it adds a login to the company's Moizvonki account",
+    "company.activate_employee": "it changes who may use the company's Moizvonki account",
+    "webhook.subscribe": "each event has one URL for the whole account, so subscribing replaces "
+    "the URL another integration (amoCRM's, say) may be receiving events at",
+    "webhook.unsubscribe": "it stops account-wide events that another integration may rely on",
+}
+
+
+@dataclass(frozen=True)
+class Login:
+    """One employee's login and key: whose calls a request reads, whose phone it uses."""
+
+    user: str
+    key: str = field(repr=False)
 
 
 class MoizvonkiClient:
-    """Requests to one Moizvonki account as one user (``user_name`` decides whose calls)."""
+    """Requests to one Moizvonki account as one user (``user_name`` decides whose calls).
+
+    ``read_only`` refuses every action that is not a read, and ``allow_destructive`` must be set
+    for the actions in DESTRUCTIVE: the client is where every request goes out, so no caller
+    can slip past the server's settings.
+    """
 
     def __init__(
         self,
@@ -46,11 +80,15 @@ class MoizvonkiClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        read_only: bool = False,
+        allow_destructive: bool = False,
     ) -> None:
         self._policy = retry_policy
         self.api_url = api_url
         self.user = user
         self._key = api_key
+        self.read_only = read_only
+        self.allow_destructive = allow_destructive
         # No base_url: httpx would add a trailing slash, and the endpoint is exactly /api/v1.
         self._http = build_client("", timeout, transport=transport)
         self._form = False  # switched on once if the account only reads the form encoding
@@ -58,8 +96,22 @@ class MoizvonkiClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _request(self, action: str, params: dict[str, Any], form: bool) -> httpx.Request:
-        payload = {**params, "user_name": self.user, "api_key": self._key, "action": action}
+    @property
+    def login(self) -> Login:
+        """The configured user (MOIZVONKI_USER and its key)."""
+        return Login(self.user, self._key)
+
+    def check_allowed(self, action: str) -> None:
+        """Refuse an action the server's settings forbid, before anything is sent."""
+        if action in ACTIONS and not ACTIONS[action] and self.read_only:
+            raise read_only_refusal(MOIZVONKI, action)
+        if action in DESTRUCTIVE and not self.allow_destructive:
+            raise destructive_refusal(action, DESTRUCTIVE[action])
+
+    def _request(
+        self, action: str, params: dict[str, Any], form: bool, login: Login
+    ) -> httpx.Request:
+        payload = {**params, "user_name": login.user, "api_key": login.key, "action": action}
         try:
             text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError):
@@ -81,12 +133,23 @@ class MoizvonkiClient:
         params: dict[str, Any] | None = None,
         *,
         on_wait: WaitCallback | None = None,
+        login: Login | None = None,
     ) -> Any:
-        """Run one action; return the parsed JSON answer, or ``{"message": text}`` for text."""
+        """Run one action; return the parsed JSON answer, or ``{"message": text}`` for text.
+
+        ``login`` sends this one request as another employee. make_call and send_sms need it
+        named, even for the configured user: a default would ring the administrator's phone.
+        """
         if action not in ACTIONS:
             raise InvalidArgument(
                 f"unknown Moizvonki action {action!r}; known actions: {', '.join(ACTIONS)}"
             )
+        self.check_allowed(action)
+        if action in PHONE_ACTIONS and login is None:
+            raise InvalidArgument(
+                f"{action} uses an employee's own phone: name the employee whose phone acts"
+            )
+        login = login or self.login
         params = dict(params or {})
         for key in RESERVED:
             if key in params:
@@ -95,7 +158,7 @@ class MoizvonkiClient:
 
         response = await send(
             self._http,
-            self._request(action, params, self._form),
+            self._request(action, params, self._form, login),
             service=MOIZVONKI,
             idempotent=read_only,
             on_wait=on_wait,
@@ -110,7 +173,7 @@ class MoizvonkiClient:
             )
             retry = await send(
                 self._http,
-                self._request(action, params, True),
+                self._request(action, params, True, login),
                 service=MOIZVONKI,
                 idempotent=read_only,
                 on_wait=on_wait,
@@ -120,11 +183,20 @@ class MoizvonkiClient:
                 self._form = True
                 response = retry
         logger.debug("Moizvonki %s -> %d", action, response.status_code)
+        secrets = (self._key, self.user, login.key, login.user)
         if response.status_code != 200:
-            raise moizvonki_error(
-                response, action, write=not read_only, secrets=(self._key, self.user)
-            )
-        return parse_answer(response, secrets=(self._key,))
+            error = moizvonki_error(response, action, write=not read_only, secrets=secrets)
+            if isinstance(error, AuthFailed) and login.user != self.user:
+                error = AuthFailed(
+                    MOIZVONKI,
+                    "the employee's login or API key was refused",
+                    advice="The operator must check this employee's entry in "
+                    "MOIZVONKI_EMPLOYEE_KEYS (login=key, the key from the employee's own "
+                    "Moizvonki settings).",
+                    status=error.status,
+                )
+            raise error
+        return parse_answer(response, secrets=(self._key, login.key))
 
     async def pages(
         self,
