@@ -36,6 +36,8 @@ from .http import Gate
 from .moizvonki import analytics
 from .moizvonki.api import PhoneOwners, analytics_report, call_action, parse_user_map
 from .moizvonki.client import ACTIONS, DESTRUCTIVE, MoizvonkiClient
+from .prompts import register_prompts
+from .resources import register_resources
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -677,4 +679,6 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 )
             )
 
+    register_resources(server)
+    register_prompts(server)
     return server
