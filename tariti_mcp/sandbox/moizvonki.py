@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 API_PATH = "/api/v1"
 PAGE_LIMIT = 100
 WEBHOOK_EVENTS = ("call.start", "call.answer", "call.finish", "sms.message")
+# The event_type each event carries, one bit per event as in the reference's example.
+WEBHOOK_EVENT_TYPES = {"call.start": 1, "call.answer": 2, "call.finish": 4, "sms.message": 32}
+# Emulator's choice: the account named in webhook bodies.
+WEBHOOK_ACCOUNT_ID = "52417"
+WEBHOOK_ACCOUNT_NAME = "tariti-sandbox"
 BAD_CREDENTIALS = "Username or password is invalid"
 # Emulator's choice: the text a non-admin gets for an admin-only action.
 ACCESS_DENIED = "Access denied"
@@ -271,6 +276,40 @@ class MoizvonkiEmulator:
             record["user_id"] = owner.id
             record["user_account"] = owner.email
         return record
+
+    def webhook_events(self, call: Call) -> list[dict[str, Any]]:
+        """The bodies Moizvonki would POST for ``call``: call.start, call.answer when answered,
+        and call.finish carrying the call's fields as calls.list gives them.
+
+        Ids in ``webhook`` are strings, as in the reference's example. Emulator's choice:
+        call.finish is created when the phone uploads the call (the id exists only then), so
+        its ``event_created`` is the upload time, which for an offline phone is hours late.
+        """
+        owner = self.employees[call.user_id]
+        record = self._present_call(call, with_owner=False)
+        hook = {
+            "account_id": WEBHOOK_ACCOUNT_ID,
+            "account_name": WEBHOOK_ACCOUNT_NAME,
+            "user_id": str(owner.id),
+            "user_login": owner.email,
+        }
+        ongoing = {
+            "direction": call.direction,
+            "client_number": call.client_number,
+            "client_name": call.client_name,
+            "event_pbx_call_id": record["event_pbx_call_id"],
+        }
+
+        def body(action: str, created: int, fields: dict[str, Any]) -> dict[str, Any]:
+            event = {"event_type": WEBHOOK_EVENT_TYPES[action], "event_created": created}
+            return {"webhook": {"action": action, **hook}, "event": {**event, **fields}}
+
+        events = [body("call.start", call.start_time, ongoing)]
+        if call.answered:
+            # For outgoing calls the phone cannot see the pick-up: answer fires at the start.
+            events.append(body("call.answer", call.answer_time or call.start_time, ongoing))
+        events.append(body("call.finish", call.upload_time, record))
+        return events
 
     # ---- HTTP -----------------------------------------------------------------------------
 
