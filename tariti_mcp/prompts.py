@@ -4,9 +4,10 @@ what never to do, for the tasks a sales team asks for most."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.prompts.base import Prompt
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 from pydantic import Field
@@ -111,17 +112,35 @@ message (e.g. the chat or form id, or a short hash of the text), so a repeat cre
 delivers it later by itself: never send it again another way."""
 
 
+class _Prompt(Prompt):
+    """A prompt whose missing argument is named to the client: the SDK answers it with a bare
+    "Internal server error" and a traceback in the log."""
+
+    async def render(self, arguments: dict[str, Any] | None, context: Any) -> Any:
+        given = arguments or {}
+        for argument in self.arguments or []:
+            if argument.required and not str(given.get(argument.name) or "").strip():
+                raise _invalid(f"{self.name} needs the argument {argument.name!r}")
+        return await super().render(arguments, context)
+
+
 def register_prompts(server: MCPServer) -> None:
     """Add the prompts to ``server``."""
-    server.prompt(
-        title="Daily call report",
-        description="How to build a day's call report from Moizvonki with get_moizvonki_analytics.",
-    )(daily_call_report)
-    server.prompt(
-        title="Missed calls to return",
-        description="List missed clients not called back, with their numbers and who should call.",
-    )(missed_calls_follow_up)
-    server.prompt(
-        title="Forward a lead from a message",
-        description="Extract a lead from a pasted message and forward it to amoCRM, dry run first.",
-    )(forward_lead_from_message)
+    for function, title, description in (
+        (
+            daily_call_report,
+            "Daily call report",
+            "How to build a day's call report from Moizvonki with get_moizvonki_analytics.",
+        ),
+        (
+            missed_calls_follow_up,
+            "Missed calls to return",
+            "List missed clients not called back, with their numbers and who should call.",
+        ),
+        (
+            forward_lead_from_message,
+            "Forward a lead from a message",
+            "Extract a lead from a pasted message and forward it to amoCRM, dry run first.",
+        ),
+    ):
+        server.add_prompt(_Prompt.from_function(function, title=title, description=description))
