@@ -248,8 +248,10 @@ def _webhook(server: MCPServer, secret: str) -> Callable[[Request], Any]:
             # The event is lost unless Moizvonki sends it again: say so, and keep serving.
             logger.exception("a Moizvonki webhook event could not be stored")
             return JSONResponse({"ok": False}, status_code=500)
-        # DEBUG: the summary may name a client's number.
         logger.debug("Moizvonki webhook event: %s", json.dumps(summary, default=str))
+        if isinstance(summary, dict) and summary.get("ok") is False:
+            # Not even kept for the record: a failure status may make Moizvonki send it again.
+            return JSONResponse({"ok": False}, status_code=500)
         return JSONResponse({"ok": True})
 
     return moizvonki_webhook
