@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hmac
 import ipaddress
 import json
 import logging
@@ -23,6 +24,7 @@ import time
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from . import __version__, logs
 from .config import ConfigError, Settings, load_settings
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
     from .amocrm.outbox import Outbox
+    from .moizvonki.client import MoizvonkiClient
 
 logger = logging.getLogger("tariti_mcp")
 
@@ -93,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--timeout", type=_bounded(10, 3600), default=300, help="seconds to wait for the redirect"
     )
+
+    _webhooks_parser(commands)
 
     outbox = commands.add_parser(
         "outbox",
@@ -574,6 +579,278 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- tariti-mcp moizvonki webhooks ---------------------------------------------------------
+
+WEBHOOKS_HELP = """\
+Moizvonki sends each event (call.start, call.answer, call.finish, sms.message) to one URL for the
+whole account: subscribing replaces whatever another integration receives there. So this command
+shows the subscriptions first, and changes them only when asked.
+
+  tariti-mcp moizvonki webhooks
+      the account's subscriptions (webhook.list), the secret end of each URL masked
+  tariti-mcp moizvonki webhooks --subscribe https://your-host/webhooks/moizvonki/SECRET
+      send the call events there (--events to choose); warns for each event whose URL it
+      replaces, then asks (on a terminal) or needs --yes
+  tariti-mcp moizvonki webhooks --unsubscribe [--events ...]
+      stop sending those events anywhere; asks, or needs --yes
+
+Needs an administrator's MOIZVONKI_USER and MOIZVONKI_API_KEY; refused when TARITI_READ_ONLY is
+true. The server itself never subscribes. Exit 0 when done or nothing to do, 1 when declined or
+the account did not take the change, 2 for bad settings, arguments or a refusal."""
+
+
+def _webhooks_parser(commands: argparse._SubParsersAction) -> None:
+    moizvonki = commands.add_parser("moizvonki", help="Moizvonki account tasks")
+    tasks = moizvonki.add_subparsers(dest="moizvonki_command", required=True)
+    hooks = tasks.add_parser(
+        "webhooks",
+        help="show the account's webhook subscriptions; subscribe or unsubscribe when asked",
+        description=WEBHOOKS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    hooks.add_argument("--env-file", help="env file to read (after the environment)")
+    change = hooks.add_mutually_exclusive_group()
+    change.add_argument(
+        "--subscribe",
+        metavar="URL",
+        help="send the events to URL (https; http only on loopback, for the sandbox)",
+    )
+    change.add_argument(
+        "--unsubscribe", action="store_true", help="stop sending the events to any URL"
+    )
+    hooks.add_argument(
+        "--events",
+        type=_webhook_events,
+        metavar="LIST",
+        help="comma-separated events to change (default call.start,call.answer,call.finish)",
+    )
+    hooks.add_argument(
+        "--yes", action="store_true", help="confirm without a question (needed off a terminal)"
+    )
+
+
+def _webhook_events(text: str) -> list[str]:
+    from .moizvonki.webhooks import EVENTS
+
+    events = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [event for event in events if event not in EVENTS]
+    if unknown or not events:
+        raise argparse.ArgumentTypeError(
+            f"unknown event {_clean(unknown[0] if unknown else text, 40)!r}: "
+            f"give a comma-separated list of {', '.join(EVENTS)}"
+        )
+    return list(dict.fromkeys(events))
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from .moizvonki.webhooks import CALL_EVENTS
+
+    try:
+        settings = _configured(args.env_file)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if not settings.moizvonki_configured:
+        return _fail(f"Moizvonki is not configured: set {', '.join(settings.missing_moizvonki())}")
+    changing = args.subscribe is not None or args.unsubscribe
+    if not changing and (args.events is not None or args.yes):
+        return _fail("--events and --yes go with --subscribe URL or --unsubscribe")
+    if changing and settings.read_only:
+        return _fail(
+            "refused: TARITI_READ_ONLY is true, so nothing is changed on the Moizvonki account; "
+            "set TARITI_READ_ONLY=false to subscribe or unsubscribe"
+        )
+    if args.subscribe is not None:
+        problem = _webhook_url_problem(args.subscribe.strip())
+        if problem:
+            return _fail(problem)
+    events = args.events or list(CALL_EVENTS)
+
+    import anyio
+
+    try:
+        return anyio.run(_webhooks_run, settings, args, events)
+    except KeyboardInterrupt:
+        return _fail("cancelled; nothing more was sent")
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot receive Moizvonki's events, or None."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or parts.scheme not in ("http", "https"):
+        return "--subscribe needs a full URL like https://your-host/webhooks/moizvonki/<secret>"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return (
+            "--subscribe needs an https URL: events carry clients' numbers (plain http only "
+            "on a loopback address, for the sandbox)"
+        )
+    if parts.username or parts.password:
+        return "--subscribe URL must not hold a user name or password"
+    if not parts.path.strip("/"):
+        return (
+            "--subscribe URL must end with the secret: "
+            "https://your-host/webhooks/moizvonki/<TARITI_WEBHOOK_SECRET>"
+        )
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _masked(url: object) -> str:
+    """A subscribed URL with its last path segment (the secret) and any query hidden."""
+    parts = urlsplit(str(url).strip())
+    if not parts.scheme or not parts.hostname:
+        return "(not a URL)"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if parts.port:
+        host += f":{parts.port}"
+    head, _, last = parts.path.rstrip("/").rpartition("/")
+    path = f"{head}/…" if last else parts.path
+    return _clean(f"{parts.scheme}://{host}{path}{'?…' if parts.query else ''}", 200)
+
+
+def _subscriptions(answer: object) -> dict[str, str]:
+    """webhook.list's ``{event: url}``; anything else in the answer is left out."""
+    if not isinstance(answer, dict):
+        return {}
+    return {
+        str(event): url
+        for event, url in answer.items()
+        if "." in str(event) and isinstance(url, str) and url.strip()
+    }
+
+
+def _show_subscriptions(subscriptions: dict[str, str]) -> None:
+    from .moizvonki.webhooks import EVENTS
+
+    names = [*EVENTS, *sorted(event for event in subscriptions if event not in EVENTS)]
+    width = max(len(name) for name in names)
+    for event in names:
+        url = subscriptions.get(event)
+        _say(f"  {_clean(event, 40).ljust(width)}  {_masked(url) if url else '-'}")
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"tariti-mcp: warning: {line}\n")
+    sys.stderr.flush()
+
+
+def _confirmed(question: str, yes: bool) -> bool | None:
+    """True to go on; False when the operator said no; None off a terminal without --yes."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return None
+    sys.stdout.write(f"{question} [y/N] ")
+    sys.stdout.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+async def _webhooks_run(settings: Settings, args: argparse.Namespace, events: list[str]) -> int:
+    from .errors import TaritiError
+    from .moizvonki.client import MoizvonkiClient
+
+    client = MoizvonkiClient(
+        settings.moizvonki_base_url,
+        settings.moizvonki_user,
+        settings.moizvonki_api_key.get_secret_value(),
+        timeout=settings.http_timeout,
+        read_only=settings.read_only,
+        # The operator typed this command: it is the explicit consent the MCP tool lacks.
+        allow_destructive=True,
+    )
+    try:
+        current = _subscriptions(await client.call("webhook.list"))
+        _say("Moizvonki webhooks of the account (webhook.list):")
+        _show_subscriptions(current)
+        if args.subscribe is not None:
+            return await _subscribe(
+                client, settings, current, args.subscribe.strip(), events, args.yes
+            )
+        if args.unsubscribe:
+            return await _unsubscribe(client, current, events, args.yes)
+        return 0
+    except TaritiError as exc:
+        # Error texts name the action and status, never the key or a full URL.
+        return _fail(str(exc))
+    finally:
+        await client.aclose()
+
+
+async def _subscribe(
+    client: MoizvonkiClient,
+    settings: Settings,
+    current: dict[str, str],
+    url: str,
+    events: list[str],
+    yes: bool,
+) -> int:
+    secret = settings.webhook_secret.get_secret_value()
+    last = urlsplit(url).path.rstrip("/").rpartition("/")[2]
+    if not secret:
+        _warn("TARITI_WEBHOOK_SECRET is not set here: a server with these settings takes no events")
+    elif not hmac.compare_digest(last.encode(), secret.encode()):
+        _warn(
+            "the URL does not end with TARITI_WEBHOOK_SECRET: this server would refuse the events"
+        )
+    wanted = [event for event in events if current.get(event) != url]
+    if not wanted:
+        _say(f"Nothing to do: {', '.join(events)} already go to {_masked(url)}.")
+        return 0
+    for event in wanted:
+        if current.get(event):
+            _warn(
+                f"{event} now goes to {_masked(current[event])}; subscribing replaces it "
+                "(another integration may be receiving it there)"
+            )
+    answer = _confirmed(f"Send {', '.join(wanted)} to {_masked(url)}?", yes)
+    if answer is None:
+        return _fail("not on a terminal: nothing was changed; add --yes to subscribe")
+    if not answer:
+        _say("Nothing was changed.")
+        return 1
+    await client.call("webhook.subscribe", {"hooks": {event: url for event in wanted}})
+    after = _subscriptions(await client.call("webhook.list"))
+    _say("Now:")
+    _show_subscriptions(after)
+    missing = [event for event in wanted if after.get(event) != url]
+    if missing:
+        _say(f"Moizvonki does not list {', '.join(missing)} at the new URL: check the account.")
+        return 1
+    return 0
+
+
+async def _unsubscribe(
+    client: MoizvonkiClient, current: dict[str, str], events: list[str], yes: bool
+) -> int:
+    wanted = [event for event in events if current.get(event)]
+    if not wanted:
+        _say(f"Nothing to do: {', '.join(events)} are not subscribed.")
+        return 0
+    for event in wanted:
+        _warn(f"{event} stops going to {_masked(current[event])}")
+    answer = _confirmed(f"Unsubscribe {', '.join(wanted)}?", yes)
+    if answer is None:
+        return _fail("not on a terminal: nothing was changed; add --yes to unsubscribe")
+    if not answer:
+        _say("Nothing was changed.")
+        return 1
+    await client.call("webhook.unsubscribe", {"hooks": wanted})
+    after = _subscriptions(await client.call("webhook.list"))
+    _say("Now:")
+    _show_subscriptions(after)
+    left = [event for event in wanted if after.get(event)]
+    if left:
+        _say(f"Moizvonki still lists {', '.join(left)}: check the account.")
+        return 1
+    return 0
+
+
 # --- tariti-mcp outbox ---------------------------------------------------------------------
 
 WAITING = ("queued", "sending", "unknown")
@@ -1025,7 +1302,7 @@ def _sync(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = ("serve", "sandbox", "amocrm", "outbox", "sync")
+COMMANDS = ("serve", "sandbox", "amocrm", "moizvonki", "outbox", "sync")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1037,6 +1314,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sandbox(args)
     if args.command == "amocrm":
         return _login(args)
+    if args.command == "moizvonki":
+        return _webhooks(args)
     if args.command == "outbox":
         return _outbox(args)
     if args.command == "sync":
