@@ -150,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     token = os.environ.get(args.token_env, "").strip()
     parts = urlsplit(args.url)
-    if not token:
-        print(f"check_http: set {args.token_env} to the server's token", file=sys.stderr)
+    if len(token) < 32:
+        # The server takes no shorter token, and a short one would be "found" in any answer.
+        print(
+            f"check_http: set {args.token_env} to the server's token (32 characters or more)",
+            file=sys.stderr,
+        )
         return 2
     if parts.scheme not in ("http", "https") or not parts.netloc:
         print("check_http: the URL must look like http://host:port", file=sys.stderr)

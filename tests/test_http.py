@@ -575,3 +575,16 @@ def test_check_script_fails_against_a_server_without_token(store):
     assert "FAIL a wrong token is refused with 401" in run.stdout
     assert "PASS a forged Host is refused" in run.stdout
     assert "PASS the right token lists the four tools" in run.stdout
+
+
+def test_check_script_refuses_a_short_token():
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "check_http.py"), "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "TARITI_HTTP_TOKEN": "short"},
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert "TARITI_HTTP_TOKEN" in run.stderr
