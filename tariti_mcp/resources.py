@@ -1,6 +1,7 @@
 """Read-only MCP resources: what an agent reads before it acts (the account, its pipelines, users
 and fields, one deal or contact, the Moizvonki employees, how fresh the store is), as compact
-JSON served from the store while it is younger than ``TARITI_CATALOG_TTL``."""
+JSON. Lists come from the store while younger than ``TARITI_CATALOG_TTL``; one deal or contact
+is always read anew."""
 
 from __future__ import annotations
 
