@@ -1,6 +1,7 @@
 """Command line: ``serve`` (the default) runs the MCP server over stdio or HTTP; ``sandbox`` runs
 emulators;
-``amocrm login`` authorizes the integration; ``outbox`` shows and retries forwarded leads;
+``amocrm login`` authorizes the integration; ``moizvonki webhooks`` shows the account's webhook
+subscriptions and changes them when asked; ``outbox`` shows and retries forwarded leads;
 ``sync`` fills the database from both services for dashboards.
 
 Logging is configured here and only here. stdout belongs to the MCP protocol while serving.
