@@ -21,6 +21,7 @@ from mcp.types import INVALID_PARAMS
 
 from .amocrm.catalog import LOST, MAX_PAGES, UNSORTED, WON, CatalogUnavailable
 from .amocrm.client import AmoCrmClient
+from .answers import bounded
 from .errors import InvalidArgument, NotFound, ServiceError, TaritiError
 from .moizvonki.sync import EMPLOYEES, sync_employees, sync_warnings
 from .store import Store
@@ -54,6 +55,8 @@ _HELD: WeakKeyDictionary[AmoCrmClient, dict[str, tuple[float, Any]]] = WeakKeyDi
 
 
 def _dump(payload: Any) -> str:
+    if isinstance(payload, dict):
+        payload = bounded(payload)
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
 
 

@@ -23,6 +23,7 @@ from .amocrm.api import GuardedClient, call_api
 from .amocrm.client import METHODS, AmoCrmClient
 from .amocrm.outbox import Outbox, outbox_for
 from .amocrm.tokens import amocrm_credentials
+from .answers import bounded
 from .config import Settings
 from .errors import (
     AMOCRM,
@@ -100,6 +101,7 @@ def _choice(values: list[str], description: str, default: Any = ...) -> Any:
 
 
 def _answer(payload: dict[str, Any]) -> CallToolResult:
+    payload = bounded(payload)
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
 
