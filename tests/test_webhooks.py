@@ -19,13 +19,17 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
+from starlette.testclient import TestClient
 
+from tariti_mcp import web
 from tariti_mcp.cli import main
+from tariti_mcp.config import Settings
 from tariti_mcp.http import RetryPolicy
 from tariti_mcp.moizvonki.client import MoizvonkiClient
 from tariti_mcp.moizvonki.sync import CALLS, sync_calls
 from tariti_mcp.moizvonki.webhooks import MAX_BODY, receive
 from tariti_mcp.sandbox import Sandbox
+from tariti_mcp.server import create_server
 from tariti_mcp.store import Store
 
 ZONE = ZoneInfo("Europe/Moscow")
@@ -285,6 +289,55 @@ def test_a_ringing_call_is_live_and_never_counted(sandbox, store):
     assert live["user_account"] and live["client_number"] == call.client_number
     assert next(store.query("SELECT count(*) AS n FROM moizvonki_calls"))["n"] == 0
     assert daily(store, local_day(call.start_time)) is None
+
+
+def test_a_calls_events_posted_by_the_emulator_through_the_route_end_in_the_store(
+    sandbox, tmp_path
+):
+    secret = "webhook-secret-for-the-end-to-end-test"
+    settings = Settings(
+        _env_file=None,
+        db_path=tmp_path / "tariti.db",
+        webhook_secret=secret,
+        **{key.lower(): value for key, value in sandbox.env.items()},
+    )
+    store = Store(settings.db_path)
+    app = web.build_app(create_server(settings, store=store), settings, port=8000)
+    url = f"http://127.0.0.1:8000/webhooks/moizvonki/{secret}"
+    sandbox.moizvonki.webhooks.update({event: url for event in CALL_EVENTS})
+    started = int(dt.datetime.now(ZONE).timestamp()) - 120
+    call = sandbox.moizvonki.record_call(
+        sandbox.moizvonki_manager_user, 0, "+79165550101", started, answered=True, duration=60
+    )
+    try:
+        with TestClient(app, base_url="http://127.0.0.1:8000") as http:
+            sent = sandbox.moizvonki.deliver_webhooks(call, http=http)
+        assert sent == [(event, 200) for event in CALL_EVENTS]
+        row = call_rows(store, [call.db_call_id])[call.db_call_id]
+        assert (row["start_time"], row["user_account"]) == (
+            started,
+            sandbox.moizvonki_manager_user,
+        )
+        outcomes = [
+            r["outcome"] for r in store.query("SELECT outcome FROM moizvonki_webhook_events")
+        ]
+        assert outcomes == [
+            "live call ringing",
+            "live call answered",
+            "call stored; live call closed",
+        ]
+        assert open_live_calls(store) == 0
+    finally:
+        sandbox.moizvonki.webhooks.clear()
+        store.close()
+
+
+def test_the_emulator_never_posts_off_the_machine(sandbox):
+    sandbox.moizvonki.webhooks["call.finish"] = "https://hooks.example/webhooks/moizvonki/x"
+    try:
+        assert sandbox.moizvonki.deliver_webhooks(yesterdays_calls(sandbox)[0]) == []
+    finally:
+        sandbox.moizvonki.webhooks.clear()
 
 
 # --- what is not a call event -----------------------------------------------------------------

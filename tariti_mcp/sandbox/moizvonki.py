@@ -8,13 +8,16 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hmac
+import ipaddress
 import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -311,6 +314,35 @@ class MoizvonkiEmulator:
         events.append(body("call.finish", call.upload_time, record))
         return events
 
+    def deliver_webhooks(
+        self, call: Call, http: httpx.Client | None = None
+    ) -> list[tuple[str, int]]:
+        """POST ``call``'s events to the URLs subscribed for them, in order, and wait for each
+        answer; returns (event, HTTP status) per event sent, 0 when no answer came.
+
+        Called by a test or a demo, never on its own: the emulator answers in its own thread and
+        must not block on a receiver. Emulator's choice: only loopback URLs are called, so a
+        subscription to a real host never sends anything off the machine.
+        """
+        sent: list[tuple[str, int]] = []
+        client = http if http is not None else httpx.Client(timeout=10)
+        try:
+            for body in self.webhook_events(call):
+                action = body["webhook"]["action"]
+                url = self.webhooks.get(action)
+                if not url or not _loopback_url(url):
+                    continue
+                try:
+                    status = client.post(url, json=body).status_code
+                except httpx.HTTPError:
+                    logger.info("sandbox Moizvonki: webhook %s got no answer", action)
+                    status = 0
+                sent.append((action, status))
+        finally:
+            if http is None:
+                client.close()
+        return sent
+
     # ---- HTTP -----------------------------------------------------------------------------
 
     async def _serve(self, request: Request) -> Response:
@@ -522,6 +554,14 @@ class MoizvonkiEmulator:
         for event in hooks:
             self.webhooks.pop(event, None)
         return _json(dict(self.webhooks))
+
+
+def _loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _present_employee(employee: Employee) -> dict[str, Any]:
