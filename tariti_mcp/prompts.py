@@ -124,9 +124,9 @@ class _Prompt(Prompt):
         return await super().render(arguments, context)
 
 
-def register_prompts(server: MCPServer) -> None:
-    """Add the prompts to ``server``."""
-    for function, title, description in (
+def register_prompts(server: MCPServer, *, read_only: bool = False) -> None:
+    """Add the prompts to ``server``; a read-only server has no forwarding to prompt for."""
+    prompts = (
         (
             daily_call_report,
             "Daily call report",
@@ -142,5 +142,8 @@ def register_prompts(server: MCPServer) -> None:
             "Forward a lead from a message",
             "Extract a lead from a pasted message and forward it to amoCRM, dry run first.",
         ),
-    ):
+    )
+    for function, title, description in prompts:
+        if read_only and function is forward_lead_from_message:
+            continue
         server.add_prompt(_Prompt.from_function(function, title=title, description=description))

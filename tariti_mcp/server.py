@@ -682,5 +682,5 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             )
 
     register_resources(server)
-    register_prompts(server)
+    register_prompts(server, read_only=settings.read_only)
     return server

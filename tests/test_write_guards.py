@@ -107,8 +107,11 @@ async def test_read_only_lists_only_the_read_surface(sandbox, tmp_path, mode):
     server = create_server(settings_for(sandbox, tmp_path, read_only=True), store=Store())
     async with Client(server, mode=mode) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        prompts = {prompt.name for prompt in (await client.list_prompts()).prompts}
 
     assert sorted(tools) == ["call_amocrm_api", "call_moizvonki_api", "get_moizvonki_analytics"]
+    # No prompt leads the model to a tool the server does not have.
+    assert prompts == {"daily_call_report", "missed_calls_follow_up"}
     for tool in tools.values():
         assert tool.annotations.read_only_hint is True, tool.name
         assert tool.annotations.destructive_hint is False, tool.name
