@@ -184,7 +184,8 @@ def _json_body(response: httpx.Response) -> Any:
         return None
 
 
-def _is_html(response: httpx.Response) -> bool:
+def looks_like_html(response: httpx.Response) -> bool:
+    """A web page rather than an API answer, by its type or its first bytes."""
     content_type = response.headers.get("content-type", "").lower()
     head = response.content[:200].lstrip().lower()
     return "html" in content_type or head.startswith((b"<!doctype", b"<html"))
@@ -252,11 +253,11 @@ def amocrm_error(
     if status == 402:
         return PaymentRequired(AMOCRM, detail or "payment required", **kwargs)
     if status == 403:
-        if _is_html(response) or not problem:
+        if looks_like_html(response) or not problem:
             return AccountBlocked(AMOCRM, "the account is blocked", **kwargs)
         return AccessDenied(AMOCRM, detail or "forbidden", **kwargs)
     if status == 404:
-        if _is_html(response):
+        if looks_like_html(response):
             return WrongHost(AMOCRM, "the host answered with a web page, not the API", **kwargs)
         return NotFound(AMOCRM, detail or "not found", **kwargs)
     if status == 405:
@@ -296,7 +297,7 @@ _BAD_CREDENTIALS = ("password", "invalid", "api_key", "user_name", "auth", "не
 
 def _short_text(response: httpx.Response, secrets: Iterable[str], limit: int = 200) -> str:
     """The start of a plain-text answer, masked before it is cut so no key survives in part."""
-    if _is_html(response):
+    if looks_like_html(response):
         return ""
     text = scrub(response.text.strip().replace("\n", " "), secrets)
     return text[:limit] + ("..." if len(text) > limit else "")

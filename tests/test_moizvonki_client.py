@@ -9,6 +9,7 @@ import respx
 from tariti_mcp.errors import (
     AccessDenied,
     AuthFailed,
+    BadAnswer,
     InvalidArgument,
     OutcomeUnknown,
     Rejected,
@@ -265,3 +266,29 @@ async def test_key_echoed_near_the_cut_does_not_leak_in_part(respx_mock, client)
     with pytest.raises(Rejected) as info:
         await client.call("calls.get_sms_templates")
     assert KEY[:8] not in str(info.value)
+
+
+PAGE = "<!DOCTYPE html><html><head><title>Вход</title></head><body>Личный кабинет</body></html>"
+
+
+@pytest.mark.anyio
+@respx.mock(assert_all_called=False)
+async def test_web_page_answer_to_a_read_is_an_error_without_the_markup(respx_mock, client):
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(200, text=PAGE, headers={"content-type": "text/html"})
+    )
+    with pytest.raises(BadAnswer) as caught:
+        await client.call("calls.get_sms_templates")
+    message = str(caught.value)
+    assert "web page" in message and "MOIZVONKI_BASE_URL" in message
+    assert "<" not in message and "кабинет" not in message
+
+
+@pytest.mark.anyio
+@respx.mock(assert_all_called=False)
+async def test_web_page_answer_to_make_call_is_an_unknown_outcome(respx_mock, client):
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(200, text=PAGE))
+    with pytest.raises(OutcomeUnknown) as caught:
+        await client.call("calls.make_call", {"to": "+79161234567"}, login=client.login)
+    assert "<" not in str(caught.value)
+    assert route.call_count == 1  # a write that may have rung a phone is not sent again

@@ -13,8 +13,11 @@ import httpx
 from ..errors import (
     MOIZVONKI,
     AuthFailed,
+    BadAnswer,
     InvalidArgument,
+    OutcomeUnknown,
     destructive_refusal,
+    looks_like_html,
     moizvonki_error,
     read_only_refusal,
     scrub,
@@ -196,6 +199,16 @@ class MoizvonkiClient:
                     status=error.status,
                 )
             raise error
+        if looks_like_html(response):
+            # A web page where the API's answer should be: a login or maintenance page, or a
+            # base URL pointing at the cabinet. Its markup is no answer to show the model.
+            cause = OutcomeUnknown if not read_only else BadAnswer
+            raise cause(
+                MOIZVONKI,
+                f"{action} got a web page instead of the API's answer; check that "
+                "MOIZVONKI_BASE_URL ends with /api/v1",
+                status=response.status_code,
+            )
         return parse_answer(response, secrets=(self._key, login.key))
 
     async def pages(
