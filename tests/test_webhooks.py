@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tariti_mcp import web
@@ -406,6 +408,73 @@ def test_unknown_and_malformed_payloads_are_stored_raw_and_never_raise(store, ca
     assert CLIENT not in caplog.text and "перезвоните" not in caplog.text
 
 
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["1", "4", " 2400001 ", "call.finish", "", 10**18, -(10**18)]),
+)
+EVENT_FIELDS = st.dictionaries(
+    st.sampled_from(
+        [
+            "event_type",
+            "event_created",
+            "db_call_id",
+            "event_pbx_call_id",
+            "start_time",
+            "answer_time",
+            "end_time",
+            "duration",
+            "answered",
+            "direction",
+            "client_number",
+        ]
+    ),
+    st.one_of(
+        SCALARS,
+        st.lists(SCALARS, max_size=2),
+        st.dictionaries(st.text(max_size=3), SCALARS, max_size=2),
+    ),
+)
+HOOK_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "action": st.one_of(st.sampled_from(list(CALL_EVENTS) + ["sms.message"]), SCALARS),
+        "user_id": SCALARS,
+        "user_login": SCALARS,
+    },
+)
+
+
+@given(hook=HOOK_FIELDS, event=EVENT_FIELDS)
+@settings(max_examples=300, deadline=None)
+def test_any_event_fields_are_handled_or_kept_never_raised(hook, event):
+    store = Store()
+    try:
+        body = json.dumps({"webhook": hook, "event": event}).encode()
+        answer = receive(store, body, zone=ZONE)
+        assert answer["ok"] is True, answer
+        kept = list(store.query("SELECT outcome FROM moizvonki_webhook_events"))
+        assert [row["outcome"] for row in kept] == [answer["outcome"]]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("start", [10**18, -(10**18), 2**62])
+def test_a_finish_starting_beyond_the_calendar_is_kept_not_failed(store, start):
+    """Fixed bug: such a start time made the zone check raise, and the event was reported as
+    failed, which the route answers with 500, inviting Moizvonki to send it again forever."""
+    body = {
+        "webhook": {"action": "call.finish", "user_id": "7"},
+        "event": {"db_call_id": 9, "start_time": start, "event_pbx_call_id": "far"},
+    }
+    answer = deliver(store, body)
+    assert answer["ok"] is True and answer["outcome"] == "call stored"
+    assert call_rows(store, [9])[9]["start_time"] == start
+
+
 def test_a_form_with_request_data_is_read_like_json(sandbox, store):
     call = yesterdays_calls(sandbox)[2]
     answer = receive(store, _form(finish_of(sandbox, call)), zone=ZONE)
@@ -446,8 +515,8 @@ def cli_env(sandbox, tmp_path, monkeypatch):
     handlers, level = list(root.handlers), root.level
     sandbox.moizvonki.webhooks.clear()
     path = tmp_path / "sandbox.env"
-    settings = {**sandbox.env, "TARITI_WEBHOOK_SECRET": "wh-secret-0123456789"}
-    path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    values = {**sandbox.env, "TARITI_WEBHOOK_SECRET": "wh-secret-0123456789"}
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
     yield str(path)
     sandbox.moizvonki.webhooks.clear()
     root.handlers[:] = handlers

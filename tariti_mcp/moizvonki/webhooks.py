@@ -63,13 +63,13 @@ def receive(store: Store, body: bytes, *, zone: ZoneInfo) -> dict[str, Any]:
         return {"ok": False, **facts, "outcome": outcome}
     if warn:
         logger.warning(
-            "Moizvonki webhook %s: %s (kept as event %d in moizvonki_webhook_events)",
-            facts["action"] or "without an action",
+            "Moizvonki webhook %r: %s (kept as event %d in moizvonki_webhook_events)",
+            facts["action"],
             outcome,
             event_id,
         )
     else:
-        logger.info("Moizvonki webhook %s: %s", facts["action"], outcome)
+        logger.info("Moizvonki webhook %r: %s", facts["action"], outcome)
     return {
         "ok": not outcome.startswith("failed"),
         "event_id": event_id,
@@ -176,7 +176,10 @@ def _finish(
     start = _number(call.get("start_time"))
     if start is not None:
         # The day counts the triggers keep must be in the business zone, as a sync keeps them.
-        use_zone(store, zone, start, start + DAY)
+        try:
+            use_zone(store, zone, start, start + DAY)
+        except (OverflowError, ValueError, OSError):
+            logger.info("a call.finish starts at %d, beyond what a calendar holds", start)
     added = store.add_call(call)
     if added is None:
         outcome, warn = "call not stored: no readable db_call_id or start_time", True
