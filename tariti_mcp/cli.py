@@ -703,16 +703,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _masked(url: object) -> str:
-    """A subscribed URL with its last path segment (the secret) and any query hidden."""
-    parts = urlsplit(str(url).strip())
-    if not parts.scheme or not parts.hostname:
-        return "(not a URL)"
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    if parts.port:
-        host += f":{parts.port}"
-    head, _, last = parts.path.rstrip("/").rpartition("/")
-    path = f"{head}/…" if last else parts.path
-    return _clean(f"{parts.scheme}://{host}{path}{'?…' if parts.query else ''}", 200)
+    from .moizvonki.api import hidden_url
+
+    return _clean(hidden_url(url), 200)
 
 
 def _subscriptions(answer: object) -> dict[str, str]:

@@ -34,6 +34,7 @@ from .errors import (
     read_only_refusal,
 )
 from .http import Gate
+from .logs import redact
 from .moizvonki import analytics
 from .moizvonki.api import PhoneOwners, analytics_report, call_action, parse_user_map
 from .moizvonki.client import ACTIONS, DESTRUCTIVE, MoizvonkiClient
@@ -103,6 +104,12 @@ def _choice(values: list[str], description: str, default: Any = ...) -> Any:
 def _answer(payload: dict[str, Any]) -> CallToolResult:
     payload = bounded(payload)
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
+    clean = redact(text)
+    if clean != text:
+        # A configured secret came back inside an API's answer (a hook URL, an echoed key): the
+        # model gets the masked copy, in both the text and the structured content.
+        text = clean
+        payload = json.loads(clean)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
 
 
@@ -189,6 +196,7 @@ def _json_argument(value: Any, name: str) -> Any:
 
 def create_server(settings: Settings, *, store: Store | None = None) -> MCPServer:
     """Build the server. ``store`` overrides ``settings.db_path`` (tests pass an in-memory one)."""
+    redact.add(settings.secrets())
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:

@@ -641,3 +641,66 @@ def test_cli_names_an_unknown_event(sandbox, cli_env, capsys):
     err = capsys.readouterr().err
     assert "--events" in err and "'call.ring'" in err and "call.answer" in err
     assert sandbox.moizvonki.webhooks == {}
+
+
+# --- webhook actions through the tool ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_webhook_list_through_the_tool_hides_every_hook_secret(sandbox, store, tmp_path):
+    """A newcomer's find: webhook.list gave the model our TARITI_WEBHOOK_SECRET and another
+    integration's token, in full."""
+    from mcp import Client
+
+    sandbox.moizvonki.webhooks.update({"call.finish": URL, "sms.message": OTHER + "?sig=abc"})
+    env = {key.lower(): value for key, value in sandbox.env.items()}
+    settings = Settings(
+        _env_file=None,
+        db_path=tmp_path / "t.db",
+        webhook_secret="wh-secret-0123456789",
+        **env,
+    )
+    try:
+        async with Client(create_server(settings, store=store)) as client:
+            result = await client.call_tool(
+                "call_moizvonki_api", {"action": "webhook.list", "params": {}}
+            )
+    finally:
+        sandbox.moizvonki.webhooks.clear()
+
+    assert not result.is_error, result.content[0].text
+    text = result.content[0].text
+    assert result.structured_content["answer"] == {
+        "call.finish": "http://127.0.0.1:8808/webhooks/moizvonki/…",
+        "sms.message": "https://amocrm.example/moizvonki/…?…",
+    }
+    assert "hidden" in result.structured_content["note"]
+    no_secrets(sandbox, text, json.dumps(result.structured_content))
+
+
+@pytest.mark.anyio
+async def test_a_configured_secret_echoed_by_any_api_is_masked_in_the_answer(
+    sandbox, store, tmp_path
+):
+    """Defence in depth: whatever action brings a configured secret back, the model sees ***."""
+    from mcp import Client
+
+    env = {key.lower(): value for key, value in sandbox.env.items()}
+    secret = "wh-secret-0123456789"
+    settings = Settings(_env_file=None, db_path=tmp_path / "t.db", webhook_secret=secret, **env)
+    templates = sandbox.moizvonki.sms_templates
+    saved = list(templates)
+    templates.append({"id": 99, "text": f"see https://x.example/{secret}"})
+    try:
+        async with Client(create_server(settings, store=store)) as client:
+            result = await client.call_tool(
+                "call_moizvonki_api", {"action": "calls.get_sms_templates", "params": {}}
+            )
+    finally:
+        templates[:] = saved
+
+    text = result.content[0].text
+    assert not result.is_error, text
+    assert secret not in text and secret not in json.dumps(result.structured_content)
+    assert "https://x.example/***" in text
+    assert json.loads(text) == result.structured_content

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from .. import phones
@@ -224,6 +225,37 @@ async def phone_owner(
     return owners.login_for(user)
 
 
+def hidden_url(url: object) -> str:
+    """A webhook address with what may be a secret taken out: Moizvonki signs nothing, so every
+    receiver (ours under TARITI_WEBHOOK_SECRET, other integrations' too) keeps a secret in the
+    last path segment or the query. Scheme, host and leading path stay: enough to tell whose
+    hook it is."""
+    try:
+        parts = urlsplit(str(url).strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "(not a URL)"
+    if not parts.scheme or not host:
+        return "(not a URL)"
+    host = f"[{host}]" if ":" in host else host
+    if port:
+        host += f":{port}"
+    head, _, last = parts.path.rstrip("/").rpartition("/")
+    path = f"{head}/…" if last else parts.path
+    return f"{parts.scheme}://{host}{path}{'?…' if parts.query or parts.fragment else ''}"
+
+
+def hide_hook_urls(value: Any) -> Any:
+    """Every URL-like string in a webhook action's answer, passed through :func:`hidden_url`."""
+    if isinstance(value, str):
+        return hidden_url(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {key: hide_hook_urls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [hide_hook_urls(item) for item in value]
+    return value
+
+
 def check_params(
     action: str, params: dict[str, Any], zone: ZoneInfo, region: str = "RU"
 ) -> dict[str, Any]:
@@ -317,6 +349,11 @@ async def call_action(
                 checked.get("employee_id"), checked.get("employee_user_name")
             )
             result["calls_removed_from_store"] = removed
+        if action.startswith("webhook."):
+            answer = hide_hook_urls(answer)
+            result["note"] = (
+                "the secret part of each hook URL is hidden; unsubscribe takes event names only"
+            )
         result["answer"] = answer
         if size(result) > MAX_ANSWER_CHARS:
             result["answer"] = None
