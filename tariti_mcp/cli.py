@@ -15,7 +15,9 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import sqlite3
 import sys
@@ -23,6 +25,8 @@ import tempfile
 import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -383,21 +387,97 @@ def _open_store(settings: Settings) -> Store:
         ) from None
 
 
+# After SIGTERM, how long the server has to stop by itself before it is left.
+STOP_GRACE = 3.0
+
+
+class _Cleanup:
+    """What stopping ``serve`` must undo, run exactly once: by the normal way out, or by
+    :func:`_terminate_like_interrupt` when the normal way is stuck."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._steps: list[Callable[[], object]] = []
+        self._done = False
+
+    def add(self, step: Callable[[], object]) -> None:
+        self._steps.append(step)
+
+    def run(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            for step in reversed(self._steps):
+                try:
+                    step()
+                except Exception as exc:  # one failed step must not skip the others
+                    logger.warning("while stopping: %s", exc)
+
+
+@contextmanager
+def _terminate_like_interrupt(cleanup: _Cleanup | None = None) -> Iterator[None]:
+    """SIGTERM (a service manager, ``kill``, a host closing its server) stops us the way Ctrl-C
+    does, so the same cleanup runs: the store closed, the sandbox's scratch database deleted.
+
+    Over stdio the SDK reads stdin in a worker thread that only end-of-input ends, and a host
+    that signals us may keep stdin open; so after :data:`STOP_GRACE` seconds ``cleanup`` runs
+    from a timer and the process leaves without waiting for that thread."""
+
+    def leave() -> None:
+        if cleanup is not None:
+            cleanup.run()
+        logging.shutdown()
+        os._exit(0)
+
+    def interrupt(signum: int, frame: object) -> None:
+        if cleanup is not None:
+            timer = threading.Timer(STOP_GRACE, leave)
+            timer.daemon = True
+            timer.start()
+        if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL, None):
+            # The event loop's own Ctrl-C handler cancels the server cleanly; hand it over.
+            signal.raise_signal(signal.SIGINT)
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    cleanup = _Cleanup()
+    try:
+        with _terminate_like_interrupt(cleanup):
+            return _serve_until_stopped(args, cleanup)
+    finally:
+        cleanup.run()
+
+
+def _serve_until_stopped(args: argparse.Namespace, cleanup: _Cleanup) -> int:
     try:
         settings = _configured(args.env_file)
         listener = _http_listener(settings, args)
     except ConfigError as exc:
         return _fail(str(exc))
+    if listener is not None:
+        cleanup.add(listener.close)
 
-    sandbox = None
-    scratch = None
     if args.sandbox:
         from .sandbox import Sandbox
 
         sandbox = Sandbox(seed=args.seed, calls=args.calls, days=args.days)
         sandbox.start()
+        cleanup.add(sandbox.stop)
         scratch = Path(tempfile.mkdtemp(prefix="tariti-sandbox-"))
+        cleanup.add(lambda: shutil.rmtree(scratch, ignore_errors=True))
         # Sandbox data never goes into the real database.
         db_path = Path(args.db) if args.db else scratch / "sandbox.db"
         settings = Settings(**{**settings.model_dump(), **_lower(sandbox.env), "db_path": db_path})
@@ -424,32 +504,24 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         store = _open_store(settings)
     except ConfigError as exc:
-        if sandbox is not None:
-            sandbox.stop()
-        if listener is not None:
-            listener.close()
         return _fail(str(exc))
-    code = 0
+    if settings.scratch_db:
+
+        def forget_scratch() -> None:
+            for suffix in ("", "-wal", "-shm", ".amocrm.lock", ".migrate.lock"):
+                Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
+
+        cleanup.add(forget_scratch)
+    cleanup.add(store.close)
     try:
         server = create_server(settings, store=store)
         if listener is None:
             server.run()
         else:
-            code = _serve_http(server, settings, listener, args)
+            return _serve_http(server, settings, listener, args)
     except KeyboardInterrupt:
         pass
-    finally:
-        if listener is not None:
-            listener.close()
-        store.close()
-        if settings.scratch_db:
-            for suffix in ("", "-wal", "-shm", ".amocrm.lock", ".migrate.lock"):
-                Path(f"{settings.db_path}{suffix}").unlink(missing_ok=True)
-        if sandbox is not None:
-            sandbox.stop()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return code
+    return 0
 
 
 def _http_listener(settings: Settings, args: argparse.Namespace) -> socket.socket | None:
@@ -505,6 +577,11 @@ def _lower(env: dict[str, str]) -> dict[str, str]:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    with _terminate_like_interrupt():
+        return _run_emulators(args)
+
+
+def _run_emulators(args: argparse.Namespace) -> int:
     from .sandbox import Sandbox
 
     logs.configure("INFO")

@@ -99,3 +99,51 @@ def test_stdout_is_only_protocol(tmp_path):
     for line in remaining.splitlines():
         assert json.loads(line)["jsonrpc"] == "2.0"
     assert process.returncode == 0
+
+
+def test_sigterm_cleans_up_the_sandbox_database_like_ctrl_c(tmp_path):
+    """A newcomer's find: Ctrl-C removed the sandbox's scratch database, SIGTERM left it."""
+    import signal
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))
+    }
+    env.update({"TMPDIR": str(scratch_root), "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", "200"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        exchange(
+            process,
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "sigterm-test", "version": "1"},
+                },
+            },
+        )
+        read_response(process, 1)
+        created = [path.name for path in scratch_root.iterdir()]
+        assert any(name.startswith("tariti-sandbox-") for name in created), created
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert code == 0
+    assert list(scratch_root.iterdir()) == []
