@@ -59,7 +59,7 @@ then look idle);
    - totals: calls, incoming and outgoing, answered and missed, talk time, average wait of \
 incoming calls, each with its change from the previous period;
    - a table by employee: calls, answered, missed, missed_not_called_back, talk time;
-   - the busiest hours and the hours with most missed calls (local time of `period.zone`);
+   - the busiest hours and the hours with most missed calls (local time of `period.timezone`);
    - the action item: `not_called_back` missed clients still waiting for a call.
 3. Say how fresh the data is (`synced_at`). Use only numbers the tool returned; if it returns an \
 error, show it and stop."""
@@ -71,15 +71,15 @@ def missed_calls_follow_up(
     chosen = _period(period)
     return f"""List the missed clients nobody has called back ({chosen}) and who should call them.
 
-1. Call get_moizvonki_analytics with period="{chosen}" and include=["by_employee"]: \
-`not_called_back` is how many clients wait; `missed_not_called_back` per employee shows whose \
-phone missed them.
-2. For the numbers, call call_moizvonki_api with action="calls.list", params={{"from_date": \
-<start of the period as an ISO date>, "supervised": 1}} and all_pages=true. A client is waiting \
-when their last incoming call (direction 0) has answered 0 and no outgoing call (direction 1) \
-to the same number (compare the last 10 digits) came after it.
-3. Show one line per client: number, name if known, time of the missed call, how many times \
-they rang, and the employee whose phone it rang on, who should call back.
+1. Call get_moizvonki_analytics with period="{chosen}" and \
+include=["waiting_clients", "by_employee"]. `not_called_back` is how many clients wait; \
+`waiting_clients` lists them, longest waiting first, with the number, the name if known, when \
+the last missed call was, how many times they rang unanswered and the employee whose phone it \
+rang on; `missed_not_called_back` per employee sums them up.
+2. If `cut` says the list was cut, say how many more wait and offer the same call filtered by \
+employee.
+3. Show one line per client: number, name, time of the missed call, times rung, and the \
+employee who should call back. Use only what the tool returned.
 4. Do not dial. calls.make_call rings a real phone: only when the user asks, and only with \
 employee=<that employee's Moizvonki login e-mail or id> named. Never repeat a make_call or \
 send_sms whose outcome was unknown or that returned an error: ask the user first."""

@@ -83,7 +83,9 @@ Period = Literal[
     "last_month",
     "last_30_days",
 ]
-Breakdown = Literal["by_day", "by_hour", "by_weekday", "by_month", "by_employee", "top_clients"]
+Breakdown = Literal[
+    "by_day", "by_hour", "by_weekday", "by_month", "by_employee", "top_clients", "waiting_clients"
+]
 
 
 # The structured payload goes out once as data and once as compact text for clients that read
@@ -628,7 +630,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             list[Breakdown],
             Field(
                 description="Breakdowns to add; empty: by_day and by_employee. by_hour is "
-                "0-23 local time; top_clients by number of calls.",
+                "0-23 local time; top_clients by number of calls; waiting_clients: the missed "
+                "clients not called back, longest waiting first, with number and employee.",
                 default_factory=list,
             ),
         ],

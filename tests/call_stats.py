@@ -204,4 +204,39 @@ def expected(
                 ),
             }
         )
+
+    # Waiting clients, longest first; the employee's display name is the tool's to add.
+    figures["waiting_clients"] = []
+    for call in sorted(forgotten, key=lambda c: (c["start_time"], c["client"]))[:50]:
+        number = call["client"]
+        logged = max(
+            (
+                c
+                for c in in_period
+                if c["client"] == number
+                and c["direction"] == 0
+                and c["start_time"] == call["start_time"]
+            ),
+            key=lambda c: c["id"],
+        )
+        name = logged["name"]
+        figures["waiting_clients"].append(
+            {
+                "client": number,
+                "number": logged["number"] or None,
+                "name": name if name and phones.last10(name) != number else None,
+                "missed_at": dt.datetime.fromtimestamp(call["start_time"], zone).isoformat(
+                    timespec="seconds"
+                ),
+                "missed_calls": sum(
+                    1
+                    for c in in_period
+                    if c["client"] == number
+                    and c["direction"] == 0
+                    and c["answered"] == 0
+                    and (accounts is None or c["account"] in accounts)
+                ),
+                "user_account": call["account"] or None,
+            }
+        )
     return figures

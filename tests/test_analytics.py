@@ -568,3 +568,67 @@ def test_dashboard_queries_in_the_docs_give_the_tools_numbers(store):
     assert store.db.execute(unique, bounds).fetchone()[0] == result["unique_clients"]
     forgotten = store.db.execute("-- missed clients" + missed, bounds).fetchall()
     assert len(forgotten) == result["not_called_back"] == 2
+
+
+def test_waiting_clients_list_who_to_call_back_longest_waiting_first(store):
+    """A newcomer's find: the missed-calls prompt had the model rebuild this list from a cut
+    calls.list; the tool now gives it."""
+    store.upsert_calls(
+        [
+            # Rang twice unanswered on Ivan's phone; nobody called back.
+            call(at("2026-11-02", "09:00"), 0, 0, account="ivan@x.ru", number="8 916 000-00-01"),
+            call(
+                at("2026-11-02", "11:00"),
+                0,
+                0,
+                account="ivan@x.ru",
+                number="+7 916 000-00-01",
+                client_name="ООО Ромашка",
+            ),
+            # Missed earlier on Anna's phone, never called back: waited longest.
+            call(at("2026-11-02", "10:00"), 0, 0, account="anna@x.ru", number="+79160000002"),
+            # Missed, then called back: not waiting.
+            call(at("2026-11-02", "12:00"), 0, 0, number="+79160000003"),
+            call(at("2026-11-02", "12:30"), 1, 1, 60, number="+79160000003"),
+        ]
+    )
+    result = days(store, "2026-11-02", include=["waiting_clients"])
+    assert result["not_called_back"] == 2
+    assert result["waiting_clients"] == [
+        {
+            "client": "9160000002",
+            "number": "+79160000002",
+            "name": None,
+            "missed_at": "2026-11-02T10:00:00+03:00",
+            "missed_calls": 1,
+            "employee": "Анна Смирнова",
+            "user_account": "anna@x.ru",
+        },
+        {
+            "client": "9160000001",
+            "number": "+7 916 000-00-01",
+            "name": "ООО Ромашка",
+            "missed_at": "2026-11-02T11:00:00+03:00",
+            "missed_calls": 2,
+            "employee": "Иван Петров",
+            "user_account": "ivan@x.ru",
+        },
+    ]
+    only_anna = days(
+        store,
+        "2026-11-02",
+        include=["waiting_clients"],
+        filters=analytics.Filters(accounts=("anna@x.ru",)),
+    )
+    assert [entry["client"] for entry in only_anna["waiting_clients"]] == ["9160000002"]
+
+
+def test_waiting_clients_beyond_fifty_are_cut_and_said(store):
+    store.upsert_calls(
+        [call(at("2026-11-02", "09:00") + n, 0, 0, number=f"+7916{n:07d}") for n in range(60)]
+    )
+    result = days(store, "2026-11-02", include=["waiting_clients"])
+    assert len(result["waiting_clients"]) == 50
+    assert result["waiting_clients"][0]["client"] == "9160000000"
+    assert result["truncated"] is True
+    assert "50 of 60" in result["cut"]["waiting_clients"]

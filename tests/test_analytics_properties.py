@@ -209,6 +209,11 @@ def test_every_figure_equals_a_plain_computation(data):
     ):
         assert result[key] == wanted[key], key
     assert result["by_day"] == wanted["by_day"]
+    waiting = [
+        {key: value for key, value in entry.items() if key != "employee"}
+        for entry in result["waiting_clients"]
+    ]
+    assert waiting == wanted["waiting_clients"]
     employees = {entry["user_account"] or "": entry for entry in result["by_employee"]}
     assert set(employees) == set(wanted["by_employee"])
     for account, entry in wanted["by_employee"].items():

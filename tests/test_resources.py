@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mcp import Client
@@ -432,8 +433,45 @@ async def test_daily_call_report_names_the_day_and_the_breakdowns(client):
 @pytest.mark.anyio
 async def test_missed_calls_follow_up_warns_about_make_call(client):
     text = await render(client, "missed_calls_follow_up", {"period": "yesterday"})
-    assert 'period="yesterday"' in text and 'action="calls.list"' in text
+    assert 'period="yesterday"' in text and '"waiting_clients"' in text
+    assert "calls.list" not in text  # its answer is cut: the model cannot rebuild the list from it
     assert "employee=" in text and "Never repeat a make_call" in text
+
+
+def _names(value, prefix=""):
+    """Every key of an answer, bare and as a dotted path, through lists of entries."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield f"{prefix}{key}"
+            yield from _names(item, f"{prefix}{key}.")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _names(item, prefix)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("prompt", "arguments"),
+    [("daily_call_report", {}), ("missed_calls_follow_up", {"period": "last_7_days"})],
+)
+async def test_every_answer_field_a_prompt_names_is_in_the_answer(client, prompt, arguments):
+    """A newcomer's find: the daily report prompt pointed at `period.zone`, which no answer
+    has (it is `period.timezone`)."""
+    text = await render(client, prompt, arguments)
+    include = json.loads(re.search(r"include=(\[[^\]]*\])", text).group(1))
+    period = arguments.get("period", "today")
+    result = await client.call_tool(
+        "get_moizvonki_analytics",
+        {"period": period, "include": include, "compare_to": "previous_period"},
+    )
+    assert not result.is_error, result.content[0].text
+    names = set(_names(result.structured_content))
+    # Present only when there is something to say.
+    names |= {"warnings", "cut"}
+    mentioned = set(re.findall(r"`([a-z_]+(?:\.[a-z_]+)?)`", text))
+    assert mentioned, text
+    assert mentioned <= names, mentioned - names
 
 
 @pytest.mark.anyio

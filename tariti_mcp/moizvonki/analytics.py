@@ -31,7 +31,15 @@ PERIODS = (
     "last_month",
     "last_30_days",
 )
-BREAKDOWNS = ("by_day", "by_hour", "by_weekday", "by_month", "by_employee", "top_clients")
+BREAKDOWNS = (
+    "by_day",
+    "by_hour",
+    "by_weekday",
+    "by_month",
+    "by_employee",
+    "top_clients",
+    "waiting_clients",
+)
 DEFAULT_INCLUDE = ("by_day", "by_employee")
 DIRECTIONS = {"incoming": 0, "outgoing": 1}
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -42,6 +50,7 @@ MAX_TOP_CLIENTS = 50
 # Longer breakdowns are cut, and the answer says so: a model reads every entry.
 MAX_DAY_ENTRIES = 62
 MAX_EMPLOYEE_ENTRIES = 50
+MAX_WAITING_CLIENTS = 50
 
 DAY = 86400
 # The store's zone table starts at the smallest integer; offsets are listed from 2000 to 2100.
@@ -665,6 +674,44 @@ class _Reader:
         middle = values[:1] if answered % 2 else values[:2]
         return sum(middle) / len(middle) if middle else None
 
+    def waiting_clients(
+        self, missed: list[tuple], names: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The clients of ``missed`` nobody called back, longest waiting first, each with the
+        number and name their missed call logged and how often they rang unanswered."""
+        # Like the missed-client figures: the employee filter applies, the direction never does.
+        where, params = Filters(accounts=self.filters.accounts).sql()
+        waiting = sorted(
+            (row for row in missed if row[3] is None), key=lambda row: (row[1], row[0])
+        )
+        entries = []
+        for client, moment, account, _ in waiting[:MAX_WAITING_CLIENTS]:
+            number, name = self.store.db.execute(
+                f"SELECT client_number, client_name FROM moizvonki_calls INDEXED BY "
+                f"{_CLIENT_INDEX} WHERE client_last10 = ? AND start_time = ? AND direction = 0 "
+                "ORDER BY db_call_id DESC LIMIT 1",
+                [client, moment],
+            ).fetchone()
+            (rang,) = self.store.db.execute(
+                f"SELECT count(*) FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX} "
+                "WHERE client_last10 = ? AND start_time >= ? AND start_time < ? "
+                f"AND direction = 0 AND answered = 0{where}",
+                [client, *self.bounds, *params],
+            ).fetchone()
+            person = names.get((account or "").casefold(), {})
+            entries.append(
+                {
+                    "client": client,
+                    "number": number or None,
+                    "name": name if name and phones.last10(name) != client else None,
+                    "missed_at": iso(moment, self.period.zone),
+                    "missed_calls": rang,
+                    "employee": person.get("name") or account or "unknown",
+                    "user_account": account or None,
+                }
+            )
+        return entries
+
     def top_clients(self, internal: Iterable[str], limit: int) -> list[dict[str, Any]]:
         internal = set(internal)
         where, params = self.filters.sql()
@@ -796,16 +843,21 @@ def _change(current: Any, previous: Any) -> dict[str, Any]:
     }
 
 
+def _employee_names(store: Store) -> dict[str, dict[str, Any]]:
+    """Name and id of each employee company.list_employee gave, by login folded to lower case."""
+    return {
+        (row["email"] or "").casefold(): {"name": row["display_name"], "id": row["id"]}
+        for row in store.query("SELECT id, display_name, email FROM moizvonki_employees")
+    }
+
+
 def _employee_entries(
     store: Store, employees: dict[str, Tally], missed: list[tuple]
 ) -> list[dict[str, Any]]:
     for _, _, account, callback in missed:
         if callback is None:
             employees.setdefault(account, Tally()).not_called_back += 1
-    names = {
-        (row["email"] or "").casefold(): {"name": row["display_name"], "id": row["id"]}
-        for row in store.query("SELECT id, display_name, email FROM moizvonki_employees")
-    }
+    names = _employee_names(store)
     entries = []
     for account, tally in employees.items():
         person = names.get(account.casefold(), {})
@@ -892,6 +944,15 @@ def _breakdowns(
             )
     if "top_clients" in include:
         result["top_clients"] = reader.top_clients(internal, top)
+    if "waiting_clients" in include:
+        missed = parts["missed"]
+        result["waiting_clients"] = reader.waiting_clients(missed, _employee_names(reader.store))
+        waiting = sum(1 for row in missed if row[3] is None)
+        if waiting > MAX_WAITING_CLIENTS:
+            cut["waiting_clients"] = (
+                f"the {MAX_WAITING_CLIENTS} of {waiting} clients who have waited longest; "
+                "filter by employee or ask a shorter period for the others"
+            )
     return result, cut
 
 
