@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
         "retry",
         help="deliver now what waits; with ids, send failed ones again",
         description="Without ids: deliver every queued forwarding now, backoff ignored; one "
-        "that got no answer is looked for in amoCRM before it is sent again. With ids (or "
+        "whose create request got no answer is looked for in amoCRM before it is sent again, "
+        "not before TARITI_OUTBOX_CHECK_DELAY seconds after it went out. With ids (or "
         "unique beginnings of ids): send those, failed ones included, once their cause is "
         "fixed. Exit 0 when nothing is left queued or failed, 1 otherwise.",
     )
@@ -309,18 +310,22 @@ OUTBOX_HELP = """\
 Forwarded leads wait in the outbox (the forwarded_leads table) until amoCRM has them.
 
   tariti-mcp outbox [list] [--all] [--limit N] [--json]
-      what is queued, being checked in amoCRM, failed, or delivered with a note or
-      company still to add; --all adds delivered ones, newest first; --json prints one
-      JSON object a line for scripts
+      what is queued, being checked in amoCRM (unknown), failed, or delivered with a note
+      or company still to add; --all adds delivered ones, newest first; --json prints one
+      JSON object a line for scripts, its times in UTC
   tariti-mcp outbox retry
       deliver everything waiting now, backoff ignored; a forwarding whose create request
-      got no answer is looked for in amoCRM before it is ever sent again
+      got no answer (status unknown; the tool said "queued") is looked for in amoCRM before
+      it is ever sent again, and not before TARITI_OUTBOX_CHECK_DELAY seconds (60) after it
+      went out: amoCRM's search needs that long to see a new deal
   tariti-mcp outbox retry ID [ID ...]
       deliver these now (full ids or unique beginnings); a failed one is sent again, for
       a person who has fixed its cause; a delivered one is never sent twice
 
-Both read --env-file and --db as serve does; retry needs amoCRM configured and exits 0
-when nothing it covered is left queued or failed, 1 otherwise."""
+Both read --env-file and --db as serve does; the list names the database it read (a server
+started with --sandbox keeps a scratch database of its own, which no other command sees). retry
+needs amoCRM configured and exits 0 when nothing it covered is left queued or failed, 1
+otherwise."""
 
 
 SYNC_HELP = """\
@@ -957,6 +962,9 @@ def _outbox(args: argparse.Namespace) -> int:
     try:
         if args.outbox_command == "retry":
             return _outbox_retry(args.ids, settings, store)
+        # To stderr: stdout stays the table, or the JSON lines scripts read.
+        sys.stderr.write(f"tariti-mcp: outbox of {settings.db_path}\n")
+        sys.stderr.flush()
         return _outbox_list(store, everything=args.all, limit=args.limit, as_json=args.json)
     finally:
         store.close()

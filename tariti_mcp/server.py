@@ -447,7 +447,10 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             ),
         ],
         lead_name: Annotated[
-            str, Field(description="Deal title; default '<source>: <name>'.")
+            str,
+            Field(
+                description="Deal title; default '<source>: <name>', or 'Заявка: <name>' without a source."
+            ),
         ] = "",
         dry_run: Annotated[
             bool,

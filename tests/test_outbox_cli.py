@@ -167,6 +167,15 @@ def test_empty_outbox_is_one_friendly_line(env_file, db, capsys):
     assert code == 0 and out == "" and "empty" in err
 
 
+def test_outbox_says_which_database_it_read(env_file, db, capsys):
+    """A newcomer's find: an empty outbox gave no hint that it was another database than the
+    server's (a --sandbox server keeps a scratch one of its own)."""
+    code, out, err = run(capsys, env_file, db)
+    assert code == 0
+    assert f"outbox of {db}" in err
+    assert str(db) not in out  # stdout stays the table, or JSON lines for scripts
+
+
 def test_json_lines_parse_and_carry_full_ids(sandbox, env_file, db, capsys):
     rows = queue_leads(sandbox, db, 2)
 
