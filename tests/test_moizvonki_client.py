@@ -188,6 +188,20 @@ async def test_reserved_params_refused(client):
         await client.call("calls.list", {"from_id": 1, "api_key": "x"})
 
 
+def test_a_missing_parameter_is_named_as_a_parameter_with_an_example():
+    """A newcomer read "calls.make_call needs to" as a sentence cut short."""
+    from zoneinfo import ZoneInfo
+
+    with pytest.raises(InvalidArgument) as caught:
+        check_params("calls.make_call", {}, ZoneInfo("UTC"))
+    assert str(caught.value) == (
+        "calls.make_call needs 'to' in params (e.g. {\"to\": \"+79161234567\"})"
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        check_params("calls.send_sms", {"to": "+79161234567"}, ZoneInfo("UTC"))
+    assert "needs 'text' in params" in str(caught.value)
+
+
 def test_unknown_parameter_names_refused():
     # Moizvonki ignores unknown names silently and serves the same first page forever.
     from zoneinfo import ZoneInfo

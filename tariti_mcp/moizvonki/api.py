@@ -51,6 +51,12 @@ _REQUIRED = {
     "webhook.unsubscribe": ("hooks",),
 }
 
+_EXAMPLES = {
+    "calls.make_call": '{"to": "+79161234567"}',
+    "calls.send_sms": '{"to": "+79161234567", "text": "..."}',
+    "webhook.subscribe": '{"hooks": {"call.finish": "https://your-host/..."}}',
+    "webhook.unsubscribe": '{"hooks": ["call.finish"]}',
+}
 
 # Several SMS parts at most; a longer text is a mistake, not a message.
 MAX_SMS = 1000
@@ -279,7 +285,8 @@ def check_params(
             )
     missing = [name for name in _REQUIRED.get(action, ()) if params.get(name) in (None, "")]
     if missing:
-        raise InvalidArgument(f"{action} needs {', '.join(missing)}")
+        named = " and ".join(repr(name) for name in missing)
+        raise InvalidArgument(f"{action} needs {named} in params (e.g. {_EXAMPLES[action]})")
     checked = dict(params)
     if action in ("calls.make_call", "calls.send_sms"):
         checked["to"] = _phone(checked["to"], region)
