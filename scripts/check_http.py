@@ -163,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     base = f"{parts.scheme}://{parts.netloc}"
     mcp = base + "/mcp"
 
+    try:
+        httpx.get(base + "/healthz", timeout=args.timeout)
+    except httpx.TransportError as exc:
+        print(
+            f"check_http: nothing answers at {base} ({type(exc).__name__}): start the server "
+            "with `tariti-mcp serve --transport http` first",
+            file=sys.stderr,
+        )
+        return 2
+
     failures = 0
     with Recording(timeout=args.timeout, follow_redirects=False) as client:
         checks: list[tuple[str, Callable[[], None]]] = [

@@ -570,7 +570,12 @@ def _serve_http(
     )
     runner = uvicorn.Server(config)
     name = f"[{args.host}]" if ":" in args.host else args.host
-    logger.info("serving MCP at http://%s:%d%s", name, port, web.MCP_PATH)
+    where = ""
+    if args.host.strip("[]") in ("0.0.0.0", "::"):
+        # Not an address a client can use: say what clients reach instead.
+        names = ", ".join(settings.allowed_hosts) or "this machine's names"
+        where = f" (every interface: clients use {names})"
+    logger.info("serving MCP at http://%s:%d%s%s", name, port, web.MCP_PATH, where)
     runner.run(sockets=[listener])
     if not runner.started:
         return _fail("the HTTP server did not start; the log above says why")

@@ -449,7 +449,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         lead_name: Annotated[
             str,
             Field(
-                description="Deal title; default '<source>: <name>', or 'Заявка: <name>' without a source."
+                description="Deal title; default '<source>: <name>', or 'Заявка: <name>' "
+                "without a source."
             ),
         ] = "",
         dry_run: Annotated[

@@ -59,10 +59,11 @@ def check_exposure(settings: Settings, host: str) -> None:
     token = settings.http_token.get_secret_value()
     if not is_loopback(host):
         if not token:
+            also = "" if settings.allowed_hosts else " and TARITI_HTTP_ALLOWED_HOSTS"
             raise ConfigError(
                 f"--host {host} is reachable from other machines: set TARITI_HTTP_TOKEN "
-                f"(at least {MIN_SECRET_LENGTH} characters, e.g. from {MAKE_SECRET}) "
-                "and TARITI_HTTP_ALLOWED_HOSTS, or bind to 127.0.0.1"
+                f"(at least {MIN_SECRET_LENGTH} characters, e.g. from {MAKE_SECRET})"
+                f"{also}, or bind to 127.0.0.1"
             )
         if not settings.allowed_hosts:
             raise ConfigError(
@@ -147,11 +148,34 @@ class HostCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refusal = await self.validator.validate_request(Request(scope))
+            request = Request(scope)
+            refusal = await self.validator.validate_request(request)
             if refusal is not None:
-                await refusal(scope, receive, send)
+                await self._explained(refusal, request)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _explained(refusal: Response, request: Request) -> Response:
+        """The SDK's refusal, saying which setting lets the name in: the operator reading it
+        is usually the one who put a proxy or a new domain in front."""
+        if refusal.status_code == 421:
+            host = request.headers.get("host", "")[:100]
+            logger.info("refused a request for Host %r: not in TARITI_HTTP_ALLOWED_HOSTS", host)
+            return PlainTextResponse(
+                f"Host {host!r} is not one this server answers to: add it to "
+                "TARITI_HTTP_ALLOWED_HOSTS",
+                status_code=421,
+            )
+        if refusal.status_code == 403:
+            origin = request.headers.get("origin", "")[:100]
+            logger.info("refused a request from Origin %r", origin)
+            return PlainTextResponse(
+                f"Origin {origin!r} may not call this server: add it to "
+                "TARITI_HTTP_ALLOWED_ORIGINS",
+                status_code=403,
+            )
+        return refusal
 
 
 # A middleware rather than the SDK's token_verifier: the SDK's bearer auth is built for OAuth

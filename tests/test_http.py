@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from ports import closed_port
 from starlette.testclient import TestClient
 
 from tariti_mcp import server as server_module
@@ -294,6 +295,31 @@ def test_forged_host_is_refused(served):
         assert response.status_code == 421, path
     port_twisted = served.headers(Host=f"127.0.0.1:{served.port + 1}")
     assert httpx.post(served.mcp, json=initialize(), headers=port_twisted).status_code == 421
+
+
+def test_a_refused_host_or_origin_names_the_setting_that_lets_it_in(served):
+    """A newcomer behind a new proxy name got a bare 421 and no idea what to change."""
+    headers = served.headers(Host="mcp.new-name.example")
+    response = httpx.post(served.mcp, json=initialize(), headers=headers)
+    assert response.status_code == 421
+    assert response.text == (
+        "Host 'mcp.new-name.example' is not one this server answers to: add it to "
+        "TARITI_HTTP_ALLOWED_HOSTS"
+    )
+    response = httpx.post(
+        served.mcp, json=initialize(), headers=served.headers(Origin="https://evil.example")
+    )
+    assert response.status_code == 403
+    assert (
+        "TARITI_HTTP_ALLOWED_ORIGINS" in response.text and "'https://evil.example'" in response.text
+    )
+
+
+def test_missing_token_with_hosts_set_asks_only_for_the_token():
+    with pytest.raises(ConfigError) as caught:
+        web.check_exposure(settings_for(http_allowed_hosts=PUBLIC_HOST), "0.0.0.0")
+    assert "set TARITI_HTTP_TOKEN" in str(caught.value)
+    assert "TARITI_HTTP_ALLOWED_HOSTS" not in str(caught.value)
 
 
 def test_forged_origin_is_refused_and_the_configured_one_passes(served):
@@ -588,3 +614,22 @@ def test_check_script_refuses_a_short_token():
     assert run.returncode == 2
     assert run.stdout == ""
     assert "TARITI_HTTP_TOKEN" in run.stderr
+
+
+def test_check_script_says_when_nothing_listens():
+    """A newcomer ran the script before the server and read six FAIL lines as six bugs."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "check_http.py"),
+            f"http://127.0.0.1:{closed_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "TARITI_HTTP_TOKEN": TOKEN},
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert "nothing answers at http://127.0.0.1:" in run.stderr
+    assert TOKEN not in run.stderr

@@ -195,7 +195,7 @@ def test_a_missing_parameter_is_named_as_a_parameter_with_an_example():
     with pytest.raises(InvalidArgument) as caught:
         check_params("calls.make_call", {}, ZoneInfo("UTC"))
     assert str(caught.value) == (
-        "calls.make_call needs 'to' in params (e.g. {\"to\": \"+79161234567\"})"
+        'calls.make_call needs \'to\' in params (e.g. {"to": "+79161234567"})'
     )
     with pytest.raises(InvalidArgument) as caught:
         check_params("calls.send_sms", {"to": "+79161234567"}, ZoneInfo("UTC"))

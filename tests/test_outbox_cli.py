@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from contextlib import closing
 
 import anyio
 import pytest
+from ports import closed_port
 
 from tariti_mcp import phones
 from tariti_mcp.amocrm.client import AmoCrmClient
@@ -40,12 +40,6 @@ def quiet_environment(monkeypatch, tmp_path):
     root.setLevel(level)
     for name, noisy_level in noisy.items():
         logging.getLogger(name).setLevel(noisy_level)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_env(path, settings: dict[str, str]) -> str:

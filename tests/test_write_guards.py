@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import uuid
 from contextlib import closing
 
 import anyio
 import pytest
 from mcp import Client
+from ports import closed_port
 
 from tariti_mcp.amocrm.api import GuardedClient, call_api
 from tariti_mcp.amocrm.client import AmoCrmClient
@@ -250,12 +250,6 @@ async def test_read_only_clients_refuse_writes_from_any_path(sandbox):
 
 
 # --- read-only mode: the outbox ---------------------------------------------------------------
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def queue_lead(db: str) -> dict:
