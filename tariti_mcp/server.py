@@ -14,7 +14,8 @@ from weakref import WeakKeyDictionary
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from . import __version__
@@ -196,6 +197,20 @@ def _json_argument(value: Any, name: str) -> Any:
     return value
 
 
+class _Server(MCPServer):
+    """The SDK's server, but an unknown prompt name is the client's mistake (invalid params,
+    with the names to use), not an internal error with a traceback in the log."""
+
+    async def get_prompt(self, name: str, arguments=None, context=None):  # type: ignore[override]
+        known = sorted(prompt.name for prompt in await self.list_prompts())
+        if name not in known:
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"unknown prompt {name[:60]!r}; the prompts are: {', '.join(known)}",
+            )
+        return await super().get_prompt(name, arguments, context)
+
+
 def create_server(settings: Settings, *, store: Store | None = None) -> MCPServer:
     """Build the server. ``store`` overrides ``settings.db_path`` (tests pass an in-memory one)."""
     redact.add(settings.secrets())
@@ -269,7 +284,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
                 database.close()
 
     read_only = settings.read_only
-    server = MCPServer(
+    server = _Server(
         "tariti-mcp",
         version=__version__,
         instructions=READ_ONLY_INSTRUCTIONS if read_only else INSTRUCTIONS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -483,6 +484,26 @@ async def test_forward_lead_prompt_carries_the_message_and_dry_run_first(client)
     assert pasted in text and "Source: Telegram" in text
     assert text.index("dry_run=true") < text.index("dry_run=false")
     assert "external_id" in text and "Never invent" in text
+
+
+@pytest.mark.anyio
+async def test_an_unknown_prompt_is_invalid_params_naming_the_prompts(
+    sandbox_settings, store, caplog
+):
+    """A newcomer's find: an unknown prompt name came back as "Internal server error", with a
+    traceback in the server's log. In read-only mode the forwarding prompt is such a name."""
+    read_only = sandbox_settings.model_copy(update={"read_only": True})
+    with caplog.at_level(logging.DEBUG):
+        async with Client(create_server(read_only, store=store)) as client:
+            for name in ("daily_report", "forward_lead_from_message"):
+                with pytest.raises(MCPError) as caught:
+                    await client.get_prompt(name, {"message": "x"})
+                assert caught.value.code == INVALID_PARAMS
+                assert caught.value.message == (
+                    f"unknown prompt {name!r}; the prompts are: daily_call_report, "
+                    "missed_calls_follow_up"
+                )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.anyio
