@@ -16,7 +16,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from . import __version__
 from .amocrm import leads as amocrm_leads
@@ -209,6 +209,35 @@ class _Server(MCPServer):
                 message=f"unknown prompt {name[:60]!r}; the prompts are: {', '.join(known)}",
             )
         return await super().get_prompt(name, arguments, context)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context=None):  # type: ignore[override]
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(_invalid_arguments(name, exc.__cause__)) from exc.__cause__
+            raise
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:  # an integer too long to print, say
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _invalid_arguments(tool: str, error: ValidationError) -> str:
+    """Pydantic's report for the model: each argument, what is wrong, what was given; no
+    error-type codes or documentation links, which only cost the model tokens."""
+    problems = []
+    for item in error.errors(include_url=False)[:10]:
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        problem = f"{where}: {item['msg']}"
+        if item["type"] != "missing":
+            problem += f" (got {_shown(item.get('input'))})"
+        problems.append(problem)
+    return redact(f"invalid arguments for {tool}: {'; '.join(problems)}. Fix them and call again.")
 
 
 def create_server(settings: Settings, *, store: Store | None = None) -> MCPServer:

@@ -638,3 +638,23 @@ async def test_retry_waits_and_pages_never_send_a_smaller_progress():
     await report(5, 10, "page 5")
     await report(0, None, "waiting")
     assert [p for p, _ in sent] == [0, 1, 2, 5, 6]
+
+
+@pytest.mark.anyio
+async def test_wrong_argument_types_read_as_what_to_fix_not_as_pydantic_output(client):
+    """A newcomer's find: a wrong type came back as pydantic's multi-line report with a
+    documentation URL; the model needs the argument, the problem and what it sent."""
+    error, text = await call(
+        client,
+        "get_moizvonki_analytics",
+        {"include": ["by_day", "per_week"], "top_clients_limit": "x"},
+    )
+    assert error
+    assert text.startswith("invalid arguments for get_moizvonki_analytics: ")
+    assert "include.1: Input should be 'by_day'" in text and '(got "per_week")' in text
+    assert "top_clients_limit: " in text and '(got "x")' in text
+    assert "https://" not in text and "\n" not in text and "type=" not in text
+    error, text = await call(client, "call_amocrm_api", {})
+    assert error and text == (
+        "invalid arguments for call_amocrm_api: path: Field required. Fix them and call again."
+    )
