@@ -242,6 +242,30 @@ async def test_same_external_id_returns_the_first_deal(sandbox, tmp_path):
     assert holders(sandbox, national) == [first["contact_id"]]
 
 
+async def test_same_external_id_with_other_details_says_the_first_lead_stands(sandbox, store):
+    """A newcomer's find: a reused external_id with another person's details came back as a
+    plain duplicate, and the model took the second lead as forwarded."""
+    tag, national, other = unique(), fresh_phone(sandbox), fresh_phone(sandbox)
+    async with outbox_to(sandbox, store) as outbox:
+        first = await outbox.submit(
+            lead(name=f"Иван {tag}", phone="+7" + national, external_id=f"x-{tag}")
+        )
+        typed_again = await outbox.submit(
+            lead(name=f" иван  {tag}", phone="8" + national, external_id=f"x-{tag}")
+        )
+        someone_else = await outbox.submit(
+            lead(name=f"Пётр {tag}", phone="+7" + other, external_id=f"x-{tag}")
+        )
+    assert typed_again["duplicate"] is True and "notes" not in typed_again
+    assert someone_else["duplicate"] is True
+    assert someone_else["lead_id"] == first["lead_id"]
+    assert someone_else["notes"] == [
+        f"external_id 'x-{tag}' was forwarded before with another name and phone; this call "
+        "sent nothing and the first lead stands. A different lead needs an external_id of its own"
+    ]
+    assert holders(sandbox, other) == []
+
+
 # --- 2. idempotency within the window, without external_id ---------------------------------------
 
 

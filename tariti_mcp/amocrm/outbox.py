@@ -123,7 +123,7 @@ class Outbox:
         earlier = self.store.find_forwarding(lead.external_id, lead.dedupe_key, self.window)
         if not dry_run and earlier is not None and earlier["status"] != "failed":
             # A repeat gets the first result, whatever has been renamed in amoCRM since.
-            return await self._repeat(earlier)
+            return await self._repeat(earlier, lead)
         resolved = await self._resolve_now(lead)
         if dry_run:
             return await self._dry_run(lead, resolved)
@@ -141,7 +141,7 @@ class Outbox:
         row, new = self.store.accept_forwarding(record, self.window)
         if not new:
             if row["status"] != "failed":
-                return await self._repeat(row)
+                return await self._repeat(row, lead)
             # A refused lead given again (same external_id) goes out with the new details; one
             # that failed after a create request went out is looked for in amoCRM first.
             self.store.update_forwarding(
@@ -166,14 +166,17 @@ class Outbox:
         extras = await self.deliver(forwarding_id)
         return self.answer(self._row(forwarding_id), extras={**unchecked, **extras})
 
-    async def _repeat(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The answer to a lead given again: the first one's result, brought up to date."""
+    async def _repeat(self, row: dict[str, Any], lead: LeadRequest) -> dict[str, Any]:
+        """The answer to a lead given again: the first one's result, brought up to date, and
+        what differs when the same external_id came with other details."""
+        differs = _differences(row, lead)
         if (row.get("claimed_until") or 0) > time.time():
             # Being delivered by an earlier call in this process: wait for its result.
             with anyio.move_on_after(WAIT_FOR_EARLIER):
                 async with self.lock:
                     pass
             row = self._row(row["id"])
+            extras: dict[str, Any] = {}
         elif (
             row["status"] in ("queued", "unknown", "sending")
             and (row.get("next_attempt_at") or 0) <= time.time()
@@ -181,8 +184,16 @@ class Outbox:
         ):
             # Asked again while it waits and is due: this is a good moment to try.
             extras = await self.deliver(row["id"])
-            return self.answer(self._row(row["id"]), duplicate=True, extras=extras)
-        return self.answer(row, duplicate=True)
+            row = self._row(row["id"])
+        else:
+            extras = {}
+        if differs:
+            extras.setdefault("notes", []).append(
+                f"external_id {lead.external_id!r} was forwarded before with another "
+                f"{' and '.join(differs)}; this call sent nothing and the first lead stands. A "
+                "different lead needs an external_id of its own"
+            )
+        return self.answer(row, duplicate=True, extras=extras)
 
     async def _resolve_now(self, lead: LeadRequest) -> Resolved | None:
         """Names checked now when amoCRM (or what is held of it) can tell; None: later."""
@@ -794,6 +805,26 @@ class Outbox:
         extras.pop("recovered", None)
         result.update(extras)
         return result
+
+
+def _differences(row: dict[str, Any], lead: LeadRequest) -> list[str]:
+    """Which of name, phone and e-mail a repeat by external_id gives otherwise than the first;
+    a repeat by phone or e-mail and name is the same lead by definition."""
+    if not lead.external_id or row.get("external_id") != lead.external_id:
+        return []
+    return [
+        label
+        for label, given, first in (
+            ("name", lead.name, row.get("name")),
+            ("phone", lead.phone, row.get("phone")),
+            ("e-mail", lead.email, row.get("email")),
+        )
+        if _folded(given) != _folded(first)
+    ]
+
+
+def _folded(text: str | None) -> str:
+    return " ".join((text or "").split()).casefold()
 
 
 def _request_json(lead: LeadRequest, resolved: Resolved | None) -> str:
