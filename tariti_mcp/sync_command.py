@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
@@ -23,6 +23,9 @@ from .errors import ServiceError
 from .http import DEFAULT_RETRY
 from .store import Store
 from .syncing import Progress
+
+if TYPE_CHECKING:
+    from .amocrm.sync import StreamReport
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ async def _sync_amocrm(
     settings: Settings, store: Store, options: SyncOptions, display: Display, say
 ) -> bool:
     from .amocrm.client import AmoCrmClient
-    from .amocrm.sync import STREAMS, StreamReport, sync_amocrm
+    from .amocrm.sync import STREAMS, sync_amocrm
     from .amocrm.tokens import amocrm_credentials
     from .http import Gate
 
@@ -200,12 +203,18 @@ async def _sync_amocrm(
                 )
             done.extend(report.streams)
     except ServiceError as exc:
-        stored = ", ".join(f"{s.records} {s.name}" for s in done) or "nothing"
+        stored = ", ".join(map(_counted, done)) or "nothing"
         say(f"amocrm: not finished ({stored} stored), run again to go on: {exc}")
         return False
     finally:
         await credentials.aclose()
         await client.aclose()
     requests = sum(s.requests for s in done)
-    say(f"amocrm: {', '.join(f'{s.records} {s.name}' for s in done)} in {requests} requests")
+    say(f"amocrm: {', '.join(map(_counted, done))} in {requests} requests")
     return True
+
+
+def _counted(report: StreamReport) -> str:
+    """``3 leads`` new or changed; those read again unchanged are said apart."""
+    again = report.records - report.changed
+    return f"{report.changed} {report.name}" + (f" ({again} unchanged)" if again > 0 else "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 from contextlib import closing
 from urllib.parse import parse_qsl
@@ -284,6 +285,10 @@ def test_sync_fills_the_store_from_both_services(account, tmp_path, capsys):
     code, out, err = run(capsys, "--env-file", env, "--db", db, "--plain")
     assert code == 0, (out, err)
     assert "moizvonki: 0 new calls" in out
+    # The overlap reads the newest records again; a newcomer took "1 leads" for a change.
+    amocrm_line = next(line for line in out.splitlines() if line.startswith("amocrm: "))
+    for name in ("leads", "contacts", "companies"):
+        assert re.search(rf"\b0 {name} \(\d+ unchanged\)", amocrm_line), amocrm_line
     moizvonki_sent = account.moizvonki.requests[calls_before:]
     # company.list_employee (one page) and one calls.list.
     assert len(moizvonki_sent) == 2

@@ -45,15 +45,23 @@ class Stream:
     store: Callable[[Store, list[dict[str, Any]]], int]
     incremental: bool = True
     query: tuple[tuple[str, str], ...] = ()
+    # Where an incremental stream's records are kept, to tell changed ones from ones read again.
+    table: str = ""
 
 
 STREAMS = (
     Stream("pipelines", "/api/v4/leads/pipelines", Store.upsert_pipelines, incremental=False),
     Stream("users", "/api/v4/users", Store.upsert_users, incremental=False),
     # with=contacts is what tells a lead's contact; companies come with every lead.
-    Stream("leads", "/api/v4/leads", Store.upsert_leads, query=(("with", "contacts"),)),
-    Stream("contacts", "/api/v4/contacts", Store.upsert_contacts),
-    Stream("companies", "/api/v4/companies", Store.upsert_companies),
+    Stream(
+        "leads",
+        "/api/v4/leads",
+        Store.upsert_leads,
+        query=(("with", "contacts"),),
+        table="amocrm_leads",
+    ),
+    Stream("contacts", "/api/v4/contacts", Store.upsert_contacts, table="amocrm_contacts"),
+    Stream("companies", "/api/v4/companies", Store.upsert_companies, table="amocrm_companies"),
 )
 
 
@@ -63,11 +71,13 @@ def state_name(stream: Stream) -> str:
 
 @dataclass
 class StreamReport:
-    """What one stream's run did: requests sent, records stored (read again ones included)."""
+    """What one stream's run did: requests sent, records stored (read again ones included), and
+    of those the ones new or changed since the store last had them."""
 
     name: str
     requests: int = 0
     records: int = 0
+    changed: int = 0
     cursor: int | None = None
     ordered: bool = True
 
@@ -186,7 +196,7 @@ async def _walk_ordered(
         if any(later < earlier for earlier, later in zip(stamps, stamps[1:], strict=False)):
             report.ordered = False
             break
-        report.records += stream.store(store, records)
+        _store(store, stream, records, report)
         newest = max(stamps)
         # A newer second: ask again from it. The same second fills this whole page: more of it
         # lies on the next page of the same selection.
@@ -223,11 +233,35 @@ async def _walk_all(
         records = _records(answer.body)
         if not records:
             return
-        report.records += stream.store(store, records)
+        _store(store, stream, records, report)
         if progress is not None:
             await progress(report.records, None, f"synced {report.records} {stream.name}")
         href = next_link(answer.body)
         target = client.follow(href) if href else None
+
+
+def _store(
+    store: Store, stream: Stream, records: list[dict[str, Any]], report: StreamReport
+) -> None:
+    """Store a page, counting what it changed: the overlap that keeps a same-second edit from
+    being missed reads the newest records again, and a run with nothing new must say 0."""
+    if stream.table:
+        ids = [record.get("id") for record in records]
+        marks = ", ".join("?" * len(ids))
+        held = {
+            row["id"]: row["updated_at"]
+            for row in store.query(
+                f"SELECT id, updated_at FROM {stream.table} WHERE id IN ({marks})", ids
+            )
+        }
+        report.changed += sum(
+            1
+            for record in records
+            if record.get("id") not in held or held[record.get("id")] != record.get("updated_at")
+        )
+    report.records += stream.store(store, records)
+    if not stream.table:
+        report.changed = report.records
 
 
 def _waiting(progress: Progress | None, report: StreamReport) -> WaitCallback | None:
