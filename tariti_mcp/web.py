@@ -159,23 +159,22 @@ class HostCheck:
     def _explained(refusal: Response, request: Request) -> Response:
         """The SDK's refusal, saying which setting lets the name in: the operator reading it
         is usually the one who put a proxy or a new domain in front."""
-        if refusal.status_code == 421:
-            host = request.headers.get("host", "")[:100]
-            logger.info("refused a request for Host %r: not in TARITI_HTTP_ALLOWED_HOSTS", host)
-            return PlainTextResponse(
-                f"Host {host!r} is not one this server answers to: add it to "
-                "TARITI_HTTP_ALLOWED_HOSTS",
-                status_code=421,
-            )
-        if refusal.status_code == 403:
-            origin = request.headers.get("origin", "")[:100]
-            logger.info("refused a request from Origin %r", origin)
-            return PlainTextResponse(
-                f"Origin {origin!r} may not call this server: add it to "
-                "TARITI_HTTP_ALLOWED_ORIGINS",
-                status_code=403,
-            )
-        return refusal
+        header, setting, verdict = _REFUSALS.get(refusal.status_code, ("", "", ""))
+        if not header:
+            return refusal
+        value = request.headers.get(header, "")[:100]
+        logger.info("refused a request with %s %r: not in %s", header, value, setting)
+        return PlainTextResponse(
+            f"{header.capitalize()} {value!r} {verdict}: add it to {setting}",
+            status_code=refusal.status_code,
+        )
+
+
+# The SDK's refusals by status: the header at fault, the setting, what the answer says.
+_REFUSALS = {
+    421: ("host", "TARITI_HTTP_ALLOWED_HOSTS", "is not one this server answers to"),
+    403: ("origin", "TARITI_HTTP_ALLOWED_ORIGINS", "may not call this server"),
+}
 
 
 # A middleware rather than the SDK's token_verifier: the SDK's bearer auth is built for OAuth

@@ -418,14 +418,19 @@ def test_the_secrets_never_appear_in_answers_or_the_log(served):
         assert secret[4:-4] not in log
 
 
-def test_check_script_passes_against_the_server(served):
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "check_http.py"), served.base],
+def check_script(url: str, token: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """scripts/check_http.py against ``url``, with ``token`` and none of this machine's settings."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "check_http.py"), url],
         capture_output=True,
         text=True,
-        env={**clean_env(), "TARITI_HTTP_TOKEN": TOKEN},
-        timeout=120,
+        env={**clean_env(), "TARITI_HTTP_TOKEN": token},
+        timeout=timeout,
     )
+
+
+def test_check_script_passes_against_the_server(served):
+    run = check_script(served.base, TOKEN)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert len(lines) == 6
@@ -585,17 +590,7 @@ def test_check_script_fails_against_a_server_without_token(store):
     settings = settings_for()
     server = create_server(settings, store=store)
     with Threaded(lambda port: web.build_app(server, settings, port=port)) as running:
-        run = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "check_http.py"),
-                f"http://127.0.0.1:{running.port}",
-            ],
-            capture_output=True,
-            text=True,
-            env={**clean_env(), "TARITI_HTTP_TOKEN": TOKEN},
-            timeout=120,
-        )
+        run = check_script(f"http://127.0.0.1:{running.port}", TOKEN)
     assert run.returncode == 1
     assert "FAIL no token is refused with 401" in run.stdout
     assert "FAIL a wrong token is refused with 401" in run.stdout
@@ -604,13 +599,7 @@ def test_check_script_fails_against_a_server_without_token(store):
 
 
 def test_check_script_refuses_a_short_token():
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "check_http.py"), "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        env={**clean_env(), "TARITI_HTTP_TOKEN": "short"},
-        timeout=60,
-    )
+    run = check_script("http://127.0.0.1:9", "short")
     assert run.returncode == 2
     assert run.stdout == ""
     assert "TARITI_HTTP_TOKEN" in run.stderr
@@ -618,17 +607,7 @@ def test_check_script_refuses_a_short_token():
 
 def test_check_script_says_when_nothing_listens():
     """A newcomer ran the script before the server and read six FAIL lines as six bugs."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "check_http.py"),
-            f"http://127.0.0.1:{closed_port()}",
-        ],
-        capture_output=True,
-        text=True,
-        env={**clean_env(), "TARITI_HTTP_TOKEN": TOKEN},
-        timeout=60,
-    )
+    run = check_script(f"http://127.0.0.1:{closed_port()}", TOKEN)
     assert run.returncode == 2
     assert run.stdout == ""
     assert "nothing answers at http://127.0.0.1:" in run.stderr

@@ -26,15 +26,16 @@ def read_response(process, request_id):
             return message
 
 
-def test_stdout_is_only_protocol(tmp_path):
+def sandbox_server(tmp_path, calls: int, **env_extra: str) -> subprocess.Popen:
+    """``tariti-mcp serve --sandbox`` over pipes, with none of this machine's settings."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))
     }
-    env.update({"TARITI_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", "800"],
+    env.update({"PYTHONUNBUFFERED": "1", **env_extra})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", str(calls)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -42,21 +43,29 @@ def test_stdout_is_only_protocol(tmp_path):
         cwd=tmp_path,
         env=env,
     )
-    try:
-        exchange(
-            process,
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "stdio-test", "version": "1"},
-                },
+
+
+def initialize(process) -> dict:
+    exchange(
+        process,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "stdio-test", "version": "1"},
             },
-        )
-        assert read_response(process, 1)["result"]["serverInfo"]["name"] == "tariti-mcp"
+        },
+    )
+    return read_response(process, 1)
+
+
+def test_stdout_is_only_protocol(tmp_path):
+    process = sandbox_server(tmp_path, 800, TARITI_LOG_LEVEL="DEBUG")
+    try:
+        assert initialize(process)["result"]["serverInfo"]["name"] == "tariti-mcp"
         exchange(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
         exchange(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         names = sorted(t["name"] for t in read_response(process, 2)["result"]["tools"])
@@ -107,36 +116,9 @@ def test_sigterm_cleans_up_the_sandbox_database_like_ctrl_c(tmp_path):
 
     scratch_root = tmp_path / "tmp"
     scratch_root.mkdir()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_"))
-    }
-    env.update({"TMPDIR": str(scratch_root), "PYTHONUNBUFFERED": "1"})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", "200"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+    process = sandbox_server(tmp_path, 200, TMPDIR=str(scratch_root))
     try:
-        exchange(
-            process,
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "sigterm-test", "version": "1"},
-                },
-            },
-        )
-        read_response(process, 1)
+        initialize(process)
         created = [path.name for path in scratch_root.iterdir()]
         assert any(name.startswith("tariti-sandbox-") for name in created), created
         process.send_signal(signal.SIGTERM)
