@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "redirect URI, or pasted), stores the token pair and checks it with GET /account.",
     )
     login.add_argument("--env-file", help="env file to read (after the environment)")
+    login.add_argument("--db", help="database to store the tokens in (default: TARITI_DB_PATH)")
     login.add_argument("--code", default="", help="an authorization code you already have")
     login.add_argument(
         "--no-listen", action="store_true", help="ask for the code instead of listening for it"
@@ -632,6 +633,15 @@ def _login(args: argparse.Namespace) -> int:
 
     try:
         settings = _configured(args.env_file)
+        if args.db:
+            settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
+        elif settings.scratch_db:
+            # The tokens would go into this process's scratch file, which the server never sees.
+            raise ConfigError(
+                "the settings point at local emulators, and without a database named each "
+                "process gets a scratch one: the server would never see these tokens. Name "
+                "one with --db or TARITI_DB_PATH, and give the server the same"
+            )
         store = _open_store(settings)
     except ConfigError as exc:
         return _fail(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 
 import anyio
 import httpx
@@ -312,3 +314,39 @@ async def test_refresh_refused_with_400_asks_for_login_and_quotes_the_hint(tmp_p
         assert "redirect_uri" in text
         refreshes = [g for g, outcome in sandbox.amocrm.token_requests if g == "refresh_token"]
         assert len(refreshes) == 1  # a refused pair is not sent again
+
+
+def test_login_on_emulator_settings_needs_a_named_database(tmp_path, monkeypatch, capsys):
+    """A newcomer's find: login on sandbox settings stored the tokens in its own scratch
+    database, the server opened another, and every call said to log in again."""
+    from tariti_mcp.cli import main
+
+    for key in list(os.environ):
+        if key.startswith(("AMOCRM_", "MOIZVONKI_", "TARITI_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # main() sets up its own
+    monkeypatch.setattr(root, "level", root.level)
+    with Sandbox(seed=25, calls=50) as sandbox:
+        values = {**sandbox.env, **sandbox.oauth_env}
+        values.pop("AMOCRM_API_KEY")
+        values.pop("AMOCRM_REFRESH_TOKEN")
+        env_file = tmp_path / "oauth.env"
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+
+        code = main(["amocrm", "login", "--env-file", str(env_file), "--code", "unused"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "--db or TARITI_DB_PATH" in err and err.count("\n") == 1
+        assert not list(tmp_path.glob("tariti-sandbox-*"))
+
+        db = tmp_path / "tokens.db"
+        login_code = sandbox.amocrm.issue_code()
+        code = main(
+            ["amocrm", "login", "--env-file", str(env_file), "--db", str(db), "--code", login_code]
+        )
+        assert code == 0, capsys.readouterr().err
+        with closing(Store(db)) as store:
+            pair = store.token_pair(httpx.URL(sandbox.amocrm_url).netloc.decode())
+        assert pair["state"] == "valid"
