@@ -971,6 +971,12 @@ def _outbox(args: argparse.Namespace) -> int:
                 "the settings point at local emulators, whose database is a scratch file of "
                 "each process: name the server's database with --db or TARITI_DB_PATH"
             )
+        if not Path(settings.db_path).exists():
+            # Looking must not create: an empty new file would hide a wrong path.
+            raise ConfigError(
+                f"no database at {settings.db_path}: no server has used it yet. Name the "
+                "server's database with --db or TARITI_DB_PATH"
+            )
         store = _open_store(settings)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -1104,8 +1110,13 @@ def _outbox_list(store: Store, *, everything: bool, limit: int, as_json: bool) -
             store.query("SELECT COUNT(*) AS n FROM forwarded_leads WHERE status = 'delivered'")
         )["n"]
         if delivered:
+            every = (
+                "the forwarded lead is"
+                if delivered == 1
+                else f"all {delivered} forwarded leads are"
+            )
             out.write(
-                f"Nothing waits in the outbox: all {delivered} forwarded leads are delivered"
+                f"Nothing waits in the outbox: {every} delivered"
                 + ("" if everything else " (--all lists them).")
                 + "\n"
             )

@@ -49,7 +49,10 @@ def write_env(path, settings: dict[str, str]) -> str:
 
 @pytest.fixture
 def db(tmp_path) -> str:
-    return str(tmp_path / "outbox.db")
+    """A server's database, made as the server makes it."""
+    path = str(tmp_path / "outbox.db")
+    Store(path).close()
+    return path
 
 
 @pytest.fixture
@@ -159,6 +162,19 @@ def test_empty_outbox_is_one_friendly_line(env_file, db, capsys):
 
     code, out, err = run(capsys, env_file, db, "--json")
     assert code == 0 and out == "" and "empty" in err
+
+
+def test_listing_a_database_that_does_not_exist_creates_nothing(env_file, tmp_path, capsys):
+    """A newcomer's find: the listing made an empty database in the home directory and said
+    the outbox was empty, hiding that it read the wrong place."""
+    missing = tmp_path / "typo.db"
+    code, out, err = run(capsys, env_file, str(missing))
+    assert code == 2 and out == ""
+    assert err == (
+        f"tariti-mcp: no database at {missing}: no server has used it yet. Name the server's "
+        "database with --db or TARITI_DB_PATH\n"
+    )
+    assert not list(tmp_path.glob("typo.db*"))  # no database, no lock file
 
 
 def test_outbox_says_which_database_it_read(env_file, db, capsys):
