@@ -162,7 +162,7 @@ async def _sync_moizvonki(
         covered = f"every call since {since:%Y-%m-%d %H:%M} ({settings.timezone}) is stored"
     say(
         f"moizvonki: {report.new_calls} new calls ({report.calls} read, {report.skipped} "
-        f"skipped) in {report.requests} requests; {covered}"
+        f"skipped) in {report.requests} request{'' if report.requests == 1 else 's'}; {covered}"
     )
     for warning in report.warnings:
         say(f"moizvonki: warning: {warning}")
@@ -203,18 +203,20 @@ async def _sync_amocrm(
                 )
             done.extend(report.streams)
     except ServiceError as exc:
-        stored = ", ".join(map(_counted, done)) or "nothing"
+        stored = ", ".join(map(_counted, done)) + " new or changed" if done else "nothing"
         say(f"amocrm: not finished ({stored} stored), run again to go on: {exc}")
         return False
     finally:
         await credentials.aclose()
         await client.aclose()
     requests = sum(s.requests for s in done)
-    say(f"amocrm: {', '.join(map(_counted, done))} in {requests} requests")
+    read = sum(s.records for s in done)
+    say(
+        f"amocrm: {', '.join(map(_counted, done))} new or changed "
+        f"({read} read, {requests} request{'' if requests == 1 else 's'})"
+    )
     return True
 
 
 def _counted(report: StreamReport) -> str:
-    """``3 leads`` new or changed; those read again unchanged are said apart."""
-    again = report.records - report.changed
-    return f"{report.changed} {report.name}" + (f" ({again} unchanged)" if again > 0 else "")
+    return f"{report.changed} {report.name}"

@@ -206,7 +206,7 @@ async def _walk_ordered(
             page += 1
         store.save_sync_state(name, cursor=cursor, info=json.dumps({"page": page}))
         if progress is not None:
-            await progress(report.records, None, f"synced {report.records} {stream.name}")
+            await progress(report.records, None, f"read {report.records} {stream.name}")
         if next_link(answer.body) is None:
             break
     return cursor
@@ -235,7 +235,7 @@ async def _walk_all(
             return
         _store(store, stream, records, report)
         if progress is not None:
-            await progress(report.records, None, f"synced {report.records} {stream.name}")
+            await progress(report.records, None, f"read {report.records} {stream.name}")
         href = next_link(answer.body)
         target = client.follow(href) if href else None
 
