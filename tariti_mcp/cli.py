@@ -576,7 +576,8 @@ def _serve_http(
         # Not an address a client can use: say what clients reach instead.
         names = ", ".join(settings.allowed_hosts) or "this machine's names"
         where = f" (every interface: clients use {names})"
-    logger.info("serving MCP at http://%s:%d%s%s", name, port, web.MCP_PATH, where)
+    # At the default level too: whoever starts an HTTP server needs its address.
+    logger.warning("serving MCP at http://%s:%d%s%s", name, port, web.MCP_PATH, where)
     runner.run(sockets=[listener])
     if not runner.started:
         return _fail("the HTTP server did not start; the log above says why")
