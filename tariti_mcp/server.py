@@ -589,7 +589,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             dict[str, Any],
             Field(
                 description="Action parameters at top level, without credentials. calls.list: "
-                "from_date/to_date (Unix seconds or ISO date), or from_id (a db_call_id, "
+                "from_date/to_date (Unix seconds, or ISO date/datetime read in the business time "
+                "zone, TARITI_TIMEZONE), or from_id (a db_call_id, "
                 "inclusive); from_offset; max_results 1-100. calls.make_call: to. "
                 "calls.send_sms: to, text.",
                 default_factory=dict,

@@ -202,6 +202,27 @@ def test_a_missing_parameter_is_named_as_a_parameter_with_an_example():
     assert "needs 'text' in params" in str(caught.value)
 
 
+def test_calls_list_with_to_date_before_from_date_is_refused_not_answered_empty():
+    """A newcomer's find: the reversed range came back as zero calls, like a quiet day."""
+    from zoneinfo import ZoneInfo
+
+    with pytest.raises(InvalidArgument) as caught:
+        check_params(
+            "calls.list",
+            {"from_date": "2026-12-03", "to_date": "2026-12-01"},
+            ZoneInfo("Europe/Moscow"),
+        )
+    assert (
+        str(caught.value) == "to_date is before from_date, a range with no calls in it: swap them"
+    )
+    same_day = check_params(
+        "calls.list",
+        {"from_date": "2026-12-03", "to_date": "2026-12-03"},
+        ZoneInfo("Europe/Moscow"),
+    )
+    assert same_day["to_date"] - same_day["from_date"] == 86399
+
+
 def test_unknown_parameter_names_refused():
     # Moizvonki ignores unknown names silently and serves the same first page forever.
     from zoneinfo import ZoneInfo

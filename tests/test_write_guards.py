@@ -438,7 +438,7 @@ async def test_make_call_without_employee_is_refused(sandbox, tmp_path, keys_env
             error, text, _ = await call(
                 client, "call_moizvonki_api", {"action": action, "params": params}
             )
-            assert error and "name whose with employee=" in text, text
+            assert error and "say whose, with employee=" in text, text
             assert sandbox.moizvonki_user in text and sandbox.moizvonki_manager_user in text
             assert "Иван Тестов <i.t@example.ru> (id 1)" in text
 

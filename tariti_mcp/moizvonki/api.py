@@ -213,7 +213,7 @@ async def phone_owner(
     text = employee.strip()
     if not text:
         raise InvalidArgument(
-            f"{action} acts on a real employee's phone: name whose with employee=<Moizvonki "
+            f"{action} acts on a real employee's phone: say whose, with employee=<Moizvonki "
             "login e-mail or employee id>. The server can act for: "
             f"{', '.join(owners.logins())}. {_known_employees(store)}"
         )
@@ -307,6 +307,12 @@ def check_params(
         for name in ("from_date", "to_date"):
             if name in checked:
                 checked[name] = _unix(checked[name], name, zone)
+        if "from_date" in checked and "to_date" in checked:
+            if checked["to_date"] < checked["from_date"]:
+                # Moizvonki answers such a range with no calls, which reads as a quiet day.
+                raise InvalidArgument(
+                    "to_date is before from_date, a range with no calls in it: swap them"
+                )
         checked.setdefault("supervised", 1)
     return checked
 
