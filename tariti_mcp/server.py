@@ -351,6 +351,8 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
         )
         amocrm_more = AMOCRM_WRITES + ("" if settings.allow_destructive else AMOCRM_NO_DELETE)
 
+    amocrm_more += f" all_pages stops after {settings.amocrm_max_pages} pages at most."
+
     @_tool(title="amoCRM API request", annotations=api_annotations, more=amocrm_more)
     async def call_amocrm_api(
         *,
@@ -384,7 +386,13 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             Field(description="For lists: follow _links.next over all pages, up to max_pages."),
         ] = False,
         max_pages: Annotated[
-            int, Field(description="Page cap when all_pages is true.", ge=1, le=200)
+            int,
+            Field(
+                description="Page cap when all_pages is true; the server's AMOCRM_MAX_PAGES "
+                "(said in this tool's description) caps it too.",
+                ge=1,
+                le=200,
+            ),
         ] = 10,
         skip: Annotated[
             int,
