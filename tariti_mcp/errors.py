@@ -151,7 +151,11 @@ class PaymentRequired(ServiceError):
 
 
 class NotFound(ServiceError):
-    advice = "Check the path and the id."
+    advice = (
+        "Check the path and the id: paths look like /api/v4/leads, /api/v4/leads/{id}, "
+        "/api/v4/contacts, /api/v4/companies, /api/v4/leads/pipelines, /api/v4/users, "
+        "/api/v4/tasks, /api/v4/events; a deleted or unknown id is 404 too."
+    )
 
 
 class WrongHost(ServiceError):

@@ -658,3 +658,12 @@ async def test_wrong_argument_types_read_as_what_to_fix_not_as_pydantic_output(c
     assert error and text == (
         "invalid arguments for call_amocrm_api: path: Field required. Fix them and call again."
     )
+
+
+@pytest.mark.anyio
+async def test_an_unknown_amocrm_path_lists_the_paths_there_are(client):
+    """A newcomer's find: a mistyped path got "No such API method. Check the path and the id"
+    and nothing to pick from."""
+    error, text = await call(client, "call_amocrm_api", {"path": "/api/v4/leadz"})
+    assert error and "404" in text
+    assert "/api/v4/leads, /api/v4/leads/{id}, /api/v4/contacts" in text
