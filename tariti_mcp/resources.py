@@ -438,7 +438,8 @@ def register_resources(server: MCPServer) -> None:
     static(
         "amocrm://users",
         "amoCRM users",
-        "The account's users (id, name, email): responsible managers for deals and tasks.",
+        "The account's users (id, name, email, is_admin, is_active): responsible managers "
+        "for deals and tasks.",
     )(users)
     static(
         "moizvonki://employees",
