@@ -435,6 +435,30 @@ async def test_unknown_pipeline_is_refused_with_the_valid_ones(sandbox, store):
     assert list(store.query("SELECT id FROM forwarded_leads")) == []
 
 
+async def test_every_wrong_name_of_a_lead_is_named_in_one_error(sandbox, store):
+    """A newcomer's find: a wrong responsible and a wrong custom field took two round trips,
+    one error each."""
+    mark = len(sandbox.amocrm.requests)
+    async with outbox_to(sandbox, store) as outbox:
+        with pytest.raises(InvalidArgument) as refused:
+            await outbox.submit(
+                lead(
+                    name="X",
+                    phone="+7" + fresh_phone(sandbox),
+                    pipeline="Оптовые продажи",
+                    responsible="nobody@nowhere.example",
+                    custom_fields={"Цвет упаковки": "красный"},
+                )
+            )
+    message = str(refused.value)
+    assert message.startswith("3 problems: (1) ")
+    assert "unknown pipeline 'Оптовые продажи'" in message.split("(2)")[0]
+    assert "nobody@nowhere.example" in message.split("(2)")[1].split("(3)")[0]
+    assert "no lead field 'Цвет упаковки'" in message.split("(3)")[1]
+    assert writes_since(sandbox, mark) == []
+    assert list(store.query("SELECT id FROM forwarded_leads")) == []
+
+
 async def test_the_incoming_leads_stage_is_refused(sandbox, store):
     pipeline = next(p for p in sandbox.amocrm.pipelines.values() if p["is_main"])
     unsorted = next(s for s in pipeline["_embedded"]["statuses"] if s["type"] == 1)

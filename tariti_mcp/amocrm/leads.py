@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -218,19 +219,33 @@ class Defaults:
 
 
 async def resolve(catalog: Catalog, lead: LeadRequest, defaults: Defaults) -> Resolved:
-    """Turn the names a lead gives into the account's ids, or say which names are valid."""
+    """Turn the names a lead gives into the account's ids, or say which names are valid: every
+    wrong name at once, so that one corrected call is enough."""
     resolved = Resolved()
+    problems: list[str] = []
+
+    async def checked(step: Awaitable[Any]) -> Any:
+        try:
+            return await step
+        except InvalidArgument as exc:
+            problems.append(str(exc))
+            return None
+
     pipeline_given = lead.pipeline or defaults.pipeline
     status_given = lead.status or (defaults.status if not lead.pipeline else "")
-    pipeline = await catalog.pipeline(pipeline_given)
-    status = await catalog.status(status_given, pipeline)
-    resolved.pipeline_id, resolved.pipeline_name = int(pipeline["id"]), str(pipeline.get("name"))
-    resolved.status_id, resolved.status_name = int(status["id"]), str(status.get("name"))
+    pipeline = await checked(catalog.pipeline(pipeline_given))
+    if pipeline is not None:
+        status = await checked(catalog.status(status_given, pipeline))
+        resolved.pipeline_id = int(pipeline["id"])
+        resolved.pipeline_name = str(pipeline.get("name"))
+        if status is not None:
+            resolved.status_id, resolved.status_name = int(status["id"]), str(status.get("name"))
     responsible = lead.responsible or defaults.responsible
     if responsible:
-        user = await catalog.user(responsible)
-        resolved.responsible_user_id = int(user["id"])
-        resolved.responsible_name = str(user.get("name") or "")
+        user = await checked(catalog.user(responsible))
+        if user is not None:
+            resolved.responsible_user_id = int(user["id"])
+            resolved.responsible_name = str(user.get("name") or "")
     written: dict[int, dict[str, Any]] = {}
     for key, value in lead.utm.items():
         definition = await catalog.lead_field(key.upper())
@@ -240,10 +255,9 @@ async def resolve(catalog: Catalog, lead: LeadRequest, defaults: Defaults) -> Re
             )
             resolved.unsaved_utm[key] = value
             continue
-        written[int(definition["id"])] = {
-            "field_id": int(definition["id"]),
-            "values": await catalog.field_value(definition, value),
-        }
+        values = await checked(catalog.field_value(definition, value))
+        if values is not None:
+            written[int(definition["id"])] = {"field_id": int(definition["id"]), "values": values}
     for key, value in lead.fields.items():
         definition = await catalog.lead_field(key)
         if definition is None:
@@ -251,17 +265,25 @@ async def resolve(catalog: Catalog, lead: LeadRequest, defaults: Defaults) -> Re
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             more = f" and {len(names) - 40} more" if len(names) > 40 else ""
-            raise InvalidArgument(
+            problems.append(
                 f"custom_fields: the account has no lead field {key!r}.{hint} Lead fields: "
                 + ", ".join(repr(n) for n in names[:40])
                 + more
             )
+            continue
         if int(definition["id"]) in written:
-            raise InvalidArgument(f"custom_fields: field {key!r} is given twice")
-        written[int(definition["id"])] = {
-            "field_id": int(definition["id"]),
-            "values": await catalog.field_value(definition, value),
-        }
+            problems.append(f"custom_fields: field {key!r} is given twice")
+            continue
+        values = await checked(catalog.field_value(definition, value))
+        if values is not None:
+            written[int(definition["id"])] = {"field_id": int(definition["id"]), "values": values}
+    if len(problems) == 1:
+        raise InvalidArgument(problems[0])
+    if problems:
+        raise InvalidArgument(
+            f"{len(problems)} problems: "
+            + " ".join(f"({n}) {problem}" for n, problem in enumerate(problems, start=1))
+        )
     resolved.custom_fields_values = list(written.values())
     return resolved
 
