@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .logs import redact
+
 # Well under what a context can take, and what some hosts accept in one message.
 MAX_ANSWER_CHARS = 60_000
 
@@ -34,8 +36,9 @@ def cut_list(answer: dict[str, Any], key: str, limit: int = MAX_ANSWER_CHARS) ->
 
 
 def preview(value: Any, limit: int = MAX_ANSWER_CHARS - 2000) -> str:
-    """The beginning of ``value``'s JSON, for a single value too large to show whole."""
-    return json.dumps(value, ensure_ascii=False, default=str)[:limit]
+    """The beginning of ``value``'s JSON, for a single value too large to show whole. Secrets
+    are masked before the cut: a cut through one would leave a piece no mask recognises."""
+    return redact(json.dumps(value, ensure_ascii=False, default=str))[:limit]
 
 
 def bounded(answer: dict[str, Any], limit: int = MAX_ANSWER_CHARS) -> dict[str, Any]:

@@ -30,15 +30,30 @@ class Redactor:
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._encoded: list[re.Pattern[str]] = []
 
     def add(self, secrets: Iterable[str]) -> None:
         # Very short values would mask ordinary words; real keys are long.
-        self._secrets.update(s for s in secrets if s and len(s) >= 6)
+        for secret in secrets:
+            if secret and len(secret) >= 6 and secret not in self._secrets:
+                self._secrets.add(secret)
+                # Echoed inside a URL, any of its characters may come back percent-encoded.
+                self._encoded.append(
+                    re.compile(
+                        "".join(f"(?:{re.escape(c)}|%{ord(c):02X})" for c in secret)
+                        if secret.isascii()
+                        else re.escape(secret),
+                        re.IGNORECASE,
+                    )
+                )
 
     def __call__(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, MASK)
+        if "%" in text:
+            for pattern in self._encoded:
+                text = pattern.sub(MASK, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text

@@ -704,3 +704,58 @@ async def test_a_configured_secret_echoed_by_any_api_is_masked_in_the_answer(
     assert secret not in text and secret not in json.dumps(result.structured_content)
     assert "https://x.example/***" in text
     assert json.loads(text) == result.structured_content
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("https://crm.example/hooks/moizvonki/TOK123", "https://crm.example/hooks/moizvonki/…"),
+        ("h.example/hooks/TOK", "h.example/hooks/…"),
+        ("//h.example/hooks/TOK", "//h.example/hooks/…"),
+        ("https://h.example\\TOK", "https://h.example/…"),
+        ("https://h.example/a/TOK\nhttps://h2/x", "https://h.example/a/…"),
+        ("https://user:TOK@h.example:8443/a", "https://h.example:8443/…"),
+        ("https://h.example/T0K/route/x", "https://h.example/…"),
+        ("https://h.example/hook#TOK", "https://h.example/…?…"),
+        ("https://[::1]:8443/x/TOK", "https://[::1]:8443/x/…"),
+        ("http://[::1", "(not a URL)"),
+    ],
+)
+def test_hook_urls_of_any_shape_hide_their_secret(given, shown):
+    """An adversary's find: addresses without a scheme, with a backslash or a newline, kept
+    their secret."""
+    from tariti_mcp.moizvonki.api import hide_hook_urls
+
+    assert hide_hook_urls({"call.finish": given}) == {"call.finish": shown}
+    assert "TOK" not in json.dumps(hide_hook_urls({given: 1, "list": [given]}))
+
+
+@pytest.mark.anyio
+async def test_a_cut_through_a_secret_leaves_no_piece_of_it(sandbox, store, tmp_path):
+    """An adversary's find: a value too large to show was cut inside a secret, and the piece
+    before the cut was no longer recognised as one."""
+    from mcp import Client
+
+    secret = "wh-secret-0123456789"
+    env = {key.lower(): value for key, value in sandbox.env.items()}
+    settings = Settings(_env_file=None, db_path=tmp_path / "t.db", webhook_secret=secret, **env)
+    templates = sandbox.moizvonki.sms_templates
+    saved = list(templates)
+    try:
+        async with Client(create_server(settings, store=store)) as client:
+            for padding in (57_930, 57_935, 57_938):
+                templates[:] = [{"id": 1, "text": "x" * padding + secret + "y" * 3000}]
+                result = await client.call_tool(
+                    "call_moizvonki_api", {"action": "calls.get_sms_templates", "params": {}}
+                )
+                text = result.content[0].text
+                assert result.structured_content["truncated"] is True
+                assert "wh-secret" not in text, text[-80:]
+                encoded = "wh%2Dsecret%2D0123456789"
+                templates[:] = [{"id": 1, "text": f"https://x.example/{encoded}"}]
+                result = await client.call_tool(
+                    "call_moizvonki_api", {"action": "calls.get_sms_templates", "params": {}}
+                )
+                assert encoded not in result.content[0].text
+    finally:
+        templates[:] = saved

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from .. import phones
@@ -231,32 +231,47 @@ async def phone_owner(
     return owners.login_for(user)
 
 
+# A URL read leniently, as a receiver may have typed it: scheme and // optional, the host up to
+# the first slash, backslash, query, fragment or space.
+_URL = re.compile(r"(?:([A-Za-z][A-Za-z0-9+.-]*):)?(//)?([^/\\?#\s]*)(.*)", re.DOTALL)
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
+# Path segments shown: words, as route names are; a secret has digits or length.
+_ROUTE = re.compile(r"[A-Za-z_-]{1,20}")
+
+
 def hidden_url(url: object) -> str:
     """A webhook address with what may be a secret taken out: Moizvonki signs nothing, so every
     receiver (ours under TARITI_WEBHOOK_SECRET, other integrations' too) keeps a secret in the
-    last path segment or the query. Scheme, host and leading path stay: enough to tell whose
-    hook it is."""
-    try:
-        parts = urlsplit(str(url).strip())
-        host, port = parts.hostname, parts.port
-    except ValueError:
+    path or the query. The host stays, and the leading path segments that are plain words,
+    enough to tell whose hook it is; the last segment and anything after a non-word one never
+    do."""
+    text = str(url).strip()
+    scheme, slashes, authority, rest = _URL.fullmatch(text).groups()  # type: ignore[union-attr]
+    host = authority.rpartition("@")[2]  # user:password@ is a secret too
+    if not _HOST.fullmatch(host) or not (scheme or slashes or "." in host):
         return "(not a URL)"
-    if not parts.scheme or not host:
-        return "(not a URL)"
-    host = f"[{host}]" if ":" in host else host
-    if port:
-        host += f":{port}"
-    head, _, last = parts.path.rstrip("/").rpartition("/")
-    path = f"{head}/…" if last else parts.path
-    return f"{parts.scheme}://{host}{path}{'?…' if parts.query or parts.fragment else ''}"
+    path, mark = rest, ""
+    for separator in "?#":
+        if separator in path:
+            path, mark = path.split(separator, 1)[0], "?…"
+    segments = [segment for segment in re.split(r"[/\\]", path) if segment]
+    shown = []
+    for segment in segments[:-1]:
+        if not _ROUTE.fullmatch(segment):
+            break
+        shown.append(segment)
+    prefix = f"{scheme}://" if scheme else ("//" if slashes else "")
+    tail = "/".join([*shown, "…"]) if segments else ""
+    return f"{prefix}{host}/{tail}{mark}" if tail or mark else f"{prefix}{host}{path[:1]}"
 
 
 def hide_hook_urls(value: Any) -> Any:
-    """Every URL-like string in a webhook action's answer, passed through :func:`hidden_url`."""
+    """Every string of a webhook action's answer that may be an address, keys included, passed
+    through :func:`hidden_url`; words without a slash or a query are left as they are."""
     if isinstance(value, str):
-        return hidden_url(value) if "://" in value else value
+        return hidden_url(value) if any(mark in value for mark in "/\\?") else value
     if isinstance(value, dict):
-        return {key: hide_hook_urls(item) for key, item in value.items()}
+        return {hide_hook_urls(key): hide_hook_urls(item) for key, item in value.items()}
     if isinstance(value, list):
         return [hide_hook_urls(item) for item in value]
     return value
