@@ -62,11 +62,21 @@ class Redactor:
 redact = Redactor()
 
 
+# A record longer than this is cut: a header or body a peer sent may be megabytes.
+MAX_RECORD = 20_000
+# Control characters but the newline: a terminal would act on them (colours, erasing, moving
+# the cursor), so a peer's text could rewrite what the operator reads.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
 class _RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redact(super().format(record))
+        if len(text) > MAX_RECORD:
+            text = f"{text[:MAX_RECORD]}… ({len(text) - MAX_RECORD} more characters)"
+        text = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
         # One event, one line: a newline in untrusted text must not forge a second record.
-        return redact(text).replace("\r", "\\r").replace("\n", "\n    ")
+        return text.replace("\n", "\n    ")
 
 
 def configure(level: str = "WARNING", secrets: Iterable[str] = ()) -> None:
