@@ -137,12 +137,15 @@ class Period:
 
 
 def _bound(value: str, argument: str, zone: ZoneInfo) -> tuple[dt.date, dt.datetime | None]:
-    """An ISO date (a whole day) or an ISO date and time (an exact moment)."""
+    """An ISO date (a whole day) or an ISO date and time (an exact moment), from 2000 to 2099:
+    a later one is a typo, and dates near the calendar's end overflow."""
     text = value.strip()
     try:
-        return dt.date.fromisoformat(text), None
+        day = dt.date.fromisoformat(text)
     except ValueError:
         pass
+    else:
+        return _in_range(day, argument), None
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -153,7 +156,14 @@ def _bound(value: str, argument: str, zone: ZoneInfo) -> tuple[dt.date, dt.datet
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
+    _in_range(moment.date(), argument)
     return moment.astimezone(zone).date(), moment
+
+
+def _in_range(day: dt.date, argument: str) -> dt.date:
+    if not 2000 <= day.year < 2100:
+        raise InvalidArgument(f"{argument} must be a date from 2000 to 2099 (got {day})")
+    return day
 
 
 def _named(name: str, today: dt.date) -> tuple[dt.date, dt.date]:
