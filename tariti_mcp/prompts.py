@@ -14,6 +14,9 @@ from pydantic import Field
 
 from .moizvonki.analytics import PERIODS
 
+# A pasted message longer than this is not one lead's message; the prompt echoes it whole.
+MAX_ARGUMENT = 20_000
+
 
 def _invalid(message: str) -> MCPError:
     # The SDK replaces any other exception from a prompt with "Error rendering prompt NAME".
@@ -118,14 +121,28 @@ class _Prompt(Prompt):
 
     async def render(self, arguments: dict[str, Any] | None, context: Any) -> Any:
         given = arguments or {}
+        known = [argument.name for argument in self.arguments or []]
+        unknown = sorted(str(name)[:40] for name in given if name not in known)
+        if unknown:
+            raise _invalid(
+                f"{self.name} does not take {', '.join(map(repr, unknown))}; it takes: "
+                f"{', '.join(known) or 'no arguments'}"
+            )
         for argument in self.arguments or []:
-            if argument.required and not str(given.get(argument.name) or "").strip():
+            value = str(given.get(argument.name) or "")
+            if argument.required and not value.strip():
                 raise _invalid(f"{self.name} needs the argument {argument.name!r}")
+            if len(value) > MAX_ARGUMENT:
+                raise _invalid(
+                    f"{argument.name} is {len(value)} characters; a prompt takes at most "
+                    f"{MAX_ARGUMENT}: paste the part that matters"
+                )
         return await super().render(arguments, context)
 
 
-def register_prompts(server: MCPServer, *, read_only: bool = False) -> None:
-    """Add the prompts to ``server``; a read-only server has no forwarding to prompt for."""
+def register_prompts(server: MCPServer, *, read_only: bool = False) -> dict[str, str]:
+    """Add the prompts to ``server``; a read-only server has no forwarding to prompt for.
+    Returns the prompts left out, each with why, for a client that asks for one anyway."""
     prompts = (
         (
             daily_call_report,
@@ -143,7 +160,12 @@ def register_prompts(server: MCPServer, *, read_only: bool = False) -> None:
             "Extract a lead from a pasted message and forward it to amoCRM, dry run first.",
         ),
     )
+    withheld = {}
     for function, title, description in prompts:
         if read_only and function is forward_lead_from_message:
+            withheld[function.__name__] = (
+                "this server is read-only (TARITI_READ_ONLY=true) and forwards no leads"
+            )
             continue
         server.add_prompt(_Prompt.from_function(function, title=title, description=description))
+    return withheld

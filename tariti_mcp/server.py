@@ -201,7 +201,14 @@ class _Server(MCPServer):
     """The SDK's server, but an unknown prompt name is the client's mistake (invalid params,
     with the names to use), not an internal error with a traceback in the log."""
 
+    # Prompts the settings leave out, with why: asked for anyway, the client is told.
+    withheld_prompts: dict[str, str] = {}  # replaced per server, never changed in place
+
     async def get_prompt(self, name: str, arguments=None, context=None):  # type: ignore[override]
+        if name in self.withheld_prompts:
+            raise MCPError(
+                code=INVALID_PARAMS, message=f"{name} is not offered: {self.withheld_prompts[name]}"
+            )
         known = sorted(prompt.name for prompt in await self.list_prompts())
         if name not in known:
             raise MCPError(
@@ -750,5 +757,5 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             )
 
     register_resources(server)
-    register_prompts(server, read_only=settings.read_only)
+    server.withheld_prompts = register_prompts(server, read_only=settings.read_only)
     return server

@@ -62,6 +62,9 @@ CASES = [
         "date_from must be a date from 2000",
     ),
     ("get_moizvonki_analytics", {"date_from": "2026-02-30"}, "ISO date"),
+    # An adversary's find: an unknown action of a megabyte came back whole in the error.
+    ("call_moizvonki_api", {"action": "x" * 1_000_000}, "unknown action 'xxxxxxxx"),
+    ("call_amocrm_api", {"method": "G" * 100_000, "path": "/api/v4/leads"}, "method must be"),
 ]
 
 
@@ -75,3 +78,4 @@ async def test_hostile_argument_is_explained(sandbox_settings, tool, arguments, 
     text = result.content[0].text
     assert result.is_error
     assert expected in text, text
+    assert len(text) < 2_000  # an error says what is wrong, it does not echo the input

@@ -495,14 +495,20 @@ async def test_an_unknown_prompt_is_invalid_params_naming_the_prompts(
     read_only = sandbox_settings.model_copy(update={"read_only": True})
     with caplog.at_level(logging.DEBUG):
         async with Client(create_server(read_only, store=store)) as client:
-            for name in ("daily_report", "forward_lead_from_message"):
-                with pytest.raises(MCPError) as caught:
-                    await client.get_prompt(name, {"message": "x"})
-                assert caught.value.code == INVALID_PARAMS
-                assert caught.value.message == (
-                    f"unknown prompt {name!r}; the prompts are: daily_call_report, "
-                    "missed_calls_follow_up"
-                )
+            with pytest.raises(MCPError) as caught:
+                await client.get_prompt("daily_report", {})
+            assert caught.value.code == INVALID_PARAMS
+            assert caught.value.message == (
+                "unknown prompt 'daily_report'; the prompts are: daily_call_report, "
+                "missed_calls_follow_up"
+            )
+            with pytest.raises(MCPError) as caught:
+                await client.get_prompt("forward_lead_from_message", {"message": "x"})
+            assert caught.value.code == INVALID_PARAMS
+            assert caught.value.message == (
+                "forward_lead_from_message is not offered: this server is read-only "
+                "(TARITI_READ_ONLY=true) and forwards no leads"
+            )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -514,6 +520,10 @@ async def test_an_unknown_prompt_is_invalid_params_naming_the_prompts(
         ("missed_calls_follow_up", {"period": "week"}, "period must be one of today"),
         ("forward_lead_from_message", {}, "needs the argument 'message'"),
         ("forward_lead_from_message", {"message": "  "}, "needs the argument 'message'"),
+        # An adversary's finds: an unknown argument was an internal error with a traceback,
+        # and a message of megabytes was echoed whole.
+        ("daily_call_report", {"bogus": "1"}, "daily_call_report does not take 'bogus'"),
+        ("forward_lead_from_message", {"message": "x" * 20_001}, "at most 20000"),
     ],
 )
 async def test_bad_prompt_arguments_are_clear_errors(client, name, arguments, expected):

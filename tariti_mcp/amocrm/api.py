@@ -149,7 +149,7 @@ async def call_api(
     method = method.upper().strip()
     offered = ("GET",) if read_only else METHODS
     if method not in METHODS:
-        raise InvalidArgument(f"method must be one of {', '.join(offered)} (got {method!r})")
+        raise InvalidArgument(f"method must be one of {', '.join(offered)} (got {method[:20]!r})")
     path = api_path(path)
     check_write(method, path, read_only=read_only, allow_destructive=allow_destructive)
     pairs, notes = check_query(path, flatten_query(query or {}), zone)

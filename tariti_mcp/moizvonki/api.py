@@ -281,7 +281,7 @@ def check_params(
     action: str, params: dict[str, Any], zone: ZoneInfo, region: str = "RU"
 ) -> dict[str, Any]:
     if action not in ACTIONS:
-        raise InvalidArgument(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
+        raise InvalidArgument(f"unknown action {action[:60]!r}; use one of: {', '.join(ACTIONS)}")
     if not isinstance(params, dict):
         raise InvalidArgument("params must be a JSON object of the action's parameters")
     reserved = sorted(name for name in params if name in RESERVED)
