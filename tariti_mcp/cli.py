@@ -436,7 +436,12 @@ def _terminate_like_interrupt(cleanup: _Cleanup | None = None) -> Iterator[None]
         logging.shutdown()
         os._exit(0)
 
+    received = threading.Event()
+
     def interrupt(signum: int, frame: object) -> None:
+        if received.is_set():
+            return  # already stopping: a second signal must not break the cleanup under way
+        received.set()
         if cleanup is not None:
             timer = threading.Timer(STOP_GRACE, leave)
             timer.daemon = True
@@ -455,7 +460,8 @@ def _terminate_like_interrupt(cleanup: _Cleanup | None = None) -> Iterator[None]
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # Once stopping, the process is on its way out: a late signal changes nothing.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if received.is_set() else previous)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -463,6 +469,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with _terminate_like_interrupt(cleanup):
             return _serve_until_stopped(args, cleanup)
+    except KeyboardInterrupt:
+        return 0  # stopped while starting: nothing was served, what was started is undone
     finally:
         cleanup.run()
 
@@ -475,6 +483,11 @@ def _serve_until_stopped(args: argparse.Namespace, cleanup: _Cleanup) -> int:
         return _fail(str(exc))
     if listener is not None:
         cleanup.add(listener.close)
+    elif sys.stdin is None or sys.stdout is None:
+        return _fail(
+            "serving over stdio needs stdin and stdout open; an MCP host starts the server "
+            "with both as pipes (or use --transport http)"
+        )
 
     if args.sandbox:
         from .sandbox import Sandbox
@@ -589,8 +602,11 @@ def _lower(env: dict[str, str]) -> dict[str, str]:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    with _terminate_like_interrupt():
-        return _run_emulators(args)
+    try:
+        with _terminate_like_interrupt():
+            return _run_emulators(args)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _run_emulators(args: argparse.Namespace) -> int:
@@ -613,6 +629,9 @@ def _run_emulators(args: argparse.Namespace) -> int:
         sandbox.start()
     except OSError as exc:
         return _fail(f"cannot start the emulators: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        sandbox.stop()  # stopped while starting: whatever did start is stopped
+        return 0
     # The OAuth lines come after the first five, which older readers take by position.
     for key, value in {**sandbox.env, **sandbox.oauth_env}.items():
         sys.stdout.write(f"{key}={value}\n")

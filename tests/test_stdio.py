@@ -26,7 +26,7 @@ def read_response(process, request_id):
             return message
 
 
-def sandbox_server(tmp_path, calls: int, **env_extra: str) -> subprocess.Popen:
+def sandbox_server(tmp_path, calls: int, preexec_fn=None, **env_extra: str) -> subprocess.Popen:
     """``tariti-mcp serve --sandbox`` over pipes, with none of this machine's settings."""
     env = {
         key: value
@@ -42,6 +42,7 @@ def sandbox_server(tmp_path, calls: int, **env_extra: str) -> subprocess.Popen:
         text=True,
         cwd=tmp_path,
         env=env,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -129,3 +130,56 @@ def test_sigterm_cleans_up_the_sandbox_database_like_ctrl_c(tmp_path):
         process.communicate()
     assert code == 0
     assert list(scratch_root.iterdir()) == []
+
+
+def test_sigterm_while_starting_and_twice_while_stopping_exits_cleanly(tmp_path):
+    """An adversary's finds: SIGTERM while the emulators were built printed a traceback and
+    exited 130; a second SIGTERM, in a server started with Ctrl-C ignored (`cmd &` in a
+    script), killed it before its cleanup."""
+    import signal
+    import time
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    starting = sandbox_server(tmp_path, 3000, TMPDIR=str(scratch_root))
+    time.sleep(1.0)
+    starting.send_signal(signal.SIGTERM)
+    assert starting.wait(timeout=20) == 0
+    assert "Traceback" not in starting.communicate()[1]
+
+    ignoring = sandbox_server(
+        tmp_path,
+        200,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        TMPDIR=str(scratch_root),
+    )
+    try:
+        initialize(ignoring)
+        ignoring.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        ignoring.send_signal(signal.SIGTERM)
+        code = ignoring.wait(timeout=20)
+    finally:
+        if ignoring.poll() is None:
+            ignoring.kill()
+        err = ignoring.communicate()[1]
+    assert code == 0 and "Traceback" not in err
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_stdio_with_stdin_closed_is_one_clear_line(tmp_path):
+    """An adversary's find: a closed stdin crashed inside the SDK with an AttributeError."""
+    run = subprocess.run(
+        [sys.executable, "-m", "tariti_mcp", "serve", "--sandbox", "--calls", "50"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().endswith(
+        "serving over stdio needs stdin and stdout open; an MCP host starts the server with "
+        "both as pipes (or use --transport http)"
+    )
