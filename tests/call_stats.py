@@ -228,13 +228,15 @@ def expected(
                 "missed_at": dt.datetime.fromtimestamp(call["start_time"], zone).isoformat(
                     timespec="seconds"
                 ),
-                "missed_calls": sum(
-                    1
-                    for c in in_period
-                    if c["client"] == number
-                    and c["direction"] == 0
-                    and c["answered"] == 0
-                    and (accounts is None or c["account"] in accounts)
+                "missed_calls": len(
+                    {
+                        c["start_time"]
+                        for c in in_period
+                        if c["client"] == number
+                        and c["direction"] == 0
+                        and c["answered"] == 0
+                        and (accounts is None or c["account"] in accounts)
+                    }
                 ),
                 "user_account": call["account"] or None,
             }

@@ -623,6 +623,28 @@ def test_waiting_clients_list_who_to_call_back_longest_waiting_first(store):
     assert [entry["client"] for entry in only_anna["waiting_clients"]] == ["9160000002"]
 
 
+def test_one_ring_logged_by_two_phones_is_one_missed_call_of_a_waiting_client(store):
+    """An adversary's find: missed_calls counted the phones that logged a ring, not rings."""
+    rang = at("2026-11-02", "10:00")
+    store.upsert_calls(
+        [
+            call(rang, 0, 0, account="anna@x.ru", number="+79160000001"),
+            call(rang, 0, 0, account="ivan@x.ru", number="8 916 000-00-01"),
+            call(rang + 3600, 0, 0, account="ivan@x.ru", number="+79160000001"),
+        ]
+    )
+    (entry,) = days(store, "2026-11-02", include=["waiting_clients"])["waiting_clients"]
+    assert entry["missed_calls"] == 2 and entry["user_account"] == "ivan@x.ru"
+    only_anna = days(
+        store,
+        "2026-11-02",
+        include=["waiting_clients"],
+        filters=analytics.Filters(accounts=("anna@x.ru",)),
+    )
+    # Anna's phone did not take the last call: the client waits on Ivan's list, not hers.
+    assert only_anna["waiting_clients"] == []
+
+
 def test_waiting_clients_beyond_fifty_are_cut_and_said(store):
     store.upsert_calls(
         [call(at("2026-11-02", "09:00") + n, 0, 0, number=f"+7916{n:07d}") for n in range(60)]

@@ -703,9 +703,10 @@ class _Reader:
                 [client, moment],
             ).fetchone()
             (rang,) = self.store.db.execute(
-                f"SELECT count(*) FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX} "
-                "WHERE client_last10 = ? AND start_time >= ? AND start_time < ? "
-                f"AND direction = 0 AND answered = 0{where}",
+                # A ring several phones logged at the same second is one ring.
+                f"SELECT count(DISTINCT start_time) FROM moizvonki_calls INDEXED BY "
+                f"{_CLIENT_INDEX} WHERE client_last10 = ? AND start_time >= ? "
+                f"AND start_time < ? AND direction = 0 AND answered = 0{where}",
                 [client, *self.bounds, *params],
             ).fetchone()
             person = names.get((account or "").casefold(), {})
