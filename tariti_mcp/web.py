@@ -113,7 +113,7 @@ def transport_security(settings: Settings, host: str, port: int) -> TransportSec
     plus the loopback ones when bound to loopback.
     """
     hosts = [f"{name}:{port}" for name in LOOPBACK_NAMES]
-    for entry in settings.allowed_hosts:
+    for entry in (host.lower() for host in settings.allowed_hosts):
         hosts.extend([entry] if _has_port(entry) else [entry, f"{entry}:*"])
     origins = list(settings.allowed_origins)
     if is_loopback(host):
@@ -148,6 +148,13 @@ class HostCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            # Host names are case-insensitive (RFC 9110); the SDK's checks, this one and the
+            # one inside /mcp, compare them as given: they get the name in lower case.
+            headers = [
+                (name, value.lower() if name == b"host" else value)
+                for name, value in scope["headers"]
+            ]
+            scope = {**scope, "headers": headers}
             request = Request(scope)
             refusal = await self.validator.validate_request(request)
             if refusal is not None:

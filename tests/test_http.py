@@ -297,6 +297,13 @@ def test_forged_host_is_refused(served):
     assert httpx.post(served.mcp, json=initialize(), headers=port_twisted).status_code == 421
 
 
+def test_host_names_match_in_any_case(served):
+    """An adversary's find: LOCALHOST and a configured name in capitals were refused (421)."""
+    for host in (f"LOCALHOST:{served.port}", f"127.0.0.1:{served.port}", "MCP.Test.Example"):
+        response = httpx.post(served.mcp, json=initialize(), headers=served.headers(Host=host))
+        assert response.status_code == 200, (host, response.text)
+
+
 def test_a_refused_host_or_origin_names_the_setting_that_lets_it_in(served):
     """A newcomer behind a new proxy name got a bare 421 and no idea what to change."""
     headers = served.headers(Host="mcp.new-name.example")
