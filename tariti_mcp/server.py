@@ -711,7 +711,7 @@ def create_server(settings: Settings, *, store: Store | None = None) -> MCPServe
             Field(
                 description="How long after a missed call an outgoing call still counts as a "
                 "callback.",
-                gt=0,
+                ge=analytics.MIN_CALLBACK_WINDOW_HOURS,
                 le=analytics.MAX_CALLBACK_WINDOW_HOURS,
             ),
         ] = analytics.CALLBACK_WINDOW_HOURS,

@@ -396,6 +396,10 @@ def test_options_are_checked(store):
         days(store, "2026-11-02", include=["by_week"])
     with pytest.raises(InvalidArgument, match="callback_window_hours"):
         days(store, "2026-11-02", callback_window_hours=0)
+    # An adversary's find: 0.0001 hours was taken, a window no callback can fall in.
+    with pytest.raises(InvalidArgument, match=r"from 0\.1 \(6 minutes\) to 168"):
+        days(store, "2026-11-02", callback_window_hours=0.0001)
+    assert days(store, "2026-11-02", callback_window_hours=0.1)["callback_window_hours"] == 0.1
 
 
 # --- comparison -------------------------------------------------------------------------------

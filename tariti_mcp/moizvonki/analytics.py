@@ -45,6 +45,8 @@ DIRECTIONS = {"incoming": 0, "outgoing": 1}
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 CALLBACK_WINDOW_HOURS = 24
 MAX_CALLBACK_WINDOW_HOURS = 168
+# Below a few minutes no callback could count: a window is counted in whole seconds.
+MIN_CALLBACK_WINDOW_HOURS = 0.1
 TOP_CLIENTS = 10
 MAX_TOP_CLIENTS = 50
 # Longer breakdowns are cut, and the answer says so: a model reads every entry.
@@ -977,9 +979,10 @@ def check_options(
         raise InvalidArgument(
             f"include does not know {', '.join(unknown)}; use any of: {', '.join(BREAKDOWNS)}"
         )
-    if not 0 < callback_window_hours <= MAX_CALLBACK_WINDOW_HOURS:
+    if not MIN_CALLBACK_WINDOW_HOURS <= callback_window_hours <= MAX_CALLBACK_WINDOW_HOURS:
         raise InvalidArgument(
-            f"callback_window_hours must be more than 0 and at most {MAX_CALLBACK_WINDOW_HOURS}"
+            f"callback_window_hours must be from {MIN_CALLBACK_WINDOW_HOURS} (6 minutes) to "
+            f"{MAX_CALLBACK_WINDOW_HOURS} (a week)"
         )
     if not 1 <= top_clients <= MAX_TOP_CLIENTS:
         raise InvalidArgument(f"top_clients_limit must be from 1 to {MAX_TOP_CLIENTS}")
