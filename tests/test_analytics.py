@@ -202,12 +202,14 @@ def test_same_second_ties_answered_wins_then_login_order(store):
             call(rang, 0, 0, account="anna@x.ru", number="+79160000002"),
         ]
     )
-    for share in (0, 10**9):  # read by client and read by time agree
-        analytics.TIME_SCAN_SHARE, saved = share, analytics.TIME_SCAN_SHARE
+    # Read by client, by time, and client by client: all three agree.
+    for share, per_seek in ((0, 40), (10**9, 10**9), (10**9, 1)):
+        saved = analytics.TIME_SCAN_SHARE, analytics.CALLS_PER_SEEK
+        analytics.TIME_SCAN_SHARE, analytics.CALLS_PER_SEEK = share, per_seek
         try:
             result = days(store, "2026-11-02", include=["by_employee"])
         finally:
-            analytics.TIME_SCAN_SHARE = saved
+            analytics.TIME_SCAN_SHARE, analytics.CALLS_PER_SEEK = saved
         assert result["missed_clients"] == 1  # client 1 was answered at that second
         lost = {e["user_account"]: e["missed_not_called_back"] for e in result["by_employee"]}
         assert lost == {"anna@x.ru": 1, "ivan@x.ru": 0}

@@ -144,6 +144,9 @@ def test_every_figure_equals_a_plain_computation(data):
     client = data.draw(st.sampled_from(["", "", "", "8 916 000 00 01", "+79260000003"]))
     window = data.draw(st.sampled_from([24, 1, 100]), label="window")
     share = data.draw(st.sampled_from([0, analytics.TIME_SCAN_SHARE, 10**9]), label="share")
+    # 1: every client is sought on its own (few clients among many calls); the default: as the
+    # store's numbers decide; a huge one: never.
+    per_seek = data.draw(st.sampled_from([1, analytics.CALLS_PER_SEEK, 10**9]), label="seek")
 
     store = Store()
     store.upsert_employees(EMPLOYEES)
@@ -162,6 +165,7 @@ def test_every_figure_equals_a_plain_computation(data):
         return
     filters = analytics.resolve_filters(store, employee, direction, client)
     saved, analytics.TIME_SCAN_SHARE = analytics.TIME_SCAN_SHARE, share
+    saved_seek, analytics.CALLS_PER_SEEK = analytics.CALLS_PER_SEEK, per_seek
     try:
         now = max(period.end, period.start + 1) + 30 * 86400
         result = analytics.compute(
@@ -176,6 +180,7 @@ def test_every_figure_equals_a_plain_computation(data):
         )
     finally:
         analytics.TIME_SCAN_SHARE = saved
+        analytics.CALLS_PER_SEEK = saved_seek
 
     options = {
         "accounts": set(filters.accounts) if filters.accounts is not None else None,
