@@ -384,6 +384,21 @@ def _configured(env_file: str | None) -> Settings:
     return settings
 
 
+def _server_database(settings: Settings, db: str | None, otherwise: str) -> Settings:
+    """The settings with the database a command shares with the server: ``--db`` if given.
+    Settings that point at local emulators give every process a scratch database of its own,
+    so such a command needs one named."""
+    if db:
+        return Settings(**{**settings.model_dump(), "db_path": Path(db)})
+    if settings.scratch_db:
+        raise ConfigError(
+            "the settings point at local emulators, and each process then gets a scratch "
+            f"database of its own: {otherwise}. Name the server's database with --db or "
+            "TARITI_DB_PATH"
+        )
+    return settings
+
+
 def _open_store(settings: Settings) -> Store:
     try:
         return Store(settings.db_path)
@@ -652,16 +667,9 @@ def _login(args: argparse.Namespace) -> int:
     from .amocrm.login import LoginError, login
 
     try:
-        settings = _configured(args.env_file)
-        if args.db:
-            settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
-        elif settings.scratch_db:
-            # The tokens would go into this process's scratch file, which the server never sees.
-            raise ConfigError(
-                "the settings point at local emulators, and without a database named each "
-                "process gets a scratch one: the server would never see these tokens. Name "
-                "one with --db or TARITI_DB_PATH, and give the server the same"
-            )
+        settings = _server_database(
+            _configured(args.env_file), args.db, "the server would never see these tokens"
+        )
         store = _open_store(settings)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -982,15 +990,9 @@ COLUMNS = (
 
 def _outbox(args: argparse.Namespace) -> int:
     try:
-        settings = _configured(args.env_file)
-        if args.db:
-            settings = Settings(**{**settings.model_dump(), "db_path": Path(args.db)})
-        elif settings.scratch_db:
-            # Such settings give every process a scratch database of its own: always empty here.
-            raise ConfigError(
-                "the settings point at local emulators, whose database is a scratch file of "
-                "each process: name the server's database with --db or TARITI_DB_PATH"
-            )
+        settings = _server_database(
+            _configured(args.env_file), args.db, "this one would never hold its outbox"
+        )
         if not Path(settings.db_path).exists():
             # Looking must not create: an empty new file would hide a wrong path.
             raise ConfigError(
