@@ -198,8 +198,10 @@ def _json_argument(value: Any, name: str) -> Any:
 
 
 class _Server(MCPServer):
-    """The SDK's server, but an unknown prompt name is the client's mistake (invalid params,
-    with the names to use), not an internal error with a traceback in the log."""
+    """The SDK's server, with the client's mistakes answered as such: an unknown or withheld
+    prompt is invalid params naming the prompts there are (the SDK makes it an internal error
+    with a traceback), and arguments that fail a tool's schema come back one line per
+    argument (the SDK gives pydantic's report)."""
 
     # Prompts the settings leave out, with why: asked for anyway, the client is told.
     withheld_prompts: dict[str, str] = {}  # replaced per server, never changed in place
