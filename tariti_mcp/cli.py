@@ -1006,7 +1006,7 @@ def _outbox(args: argparse.Namespace) -> int:
         if args.outbox_command == "retry":
             return _outbox_retry(args.ids, settings, store)
         # To stderr: stdout stays the table, or the JSON lines scripts read.
-        sys.stderr.write(f"tariti-mcp: outbox of {settings.db_path}\n")
+        sys.stderr.write(f"tariti-mcp: outbox of {_clean(settings.db_path)}\n")
         sys.stderr.flush()
         return _outbox_list(store, everything=args.all, limit=args.limit, as_json=args.json)
     finally:
