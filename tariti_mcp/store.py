@@ -448,6 +448,10 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
     )
 
 
+# How long the webhook audit log keeps an event: long enough to look into any complaint about
+# a call; the calls themselves stay in moizvonki_calls.
+WEBHOOK_EVENTS_DAYS = 90
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migrate_1,
     _migrate_2,
@@ -996,8 +1000,13 @@ class Store:
         db_call_id: int | None = None,
         received_at: int | None = None,
     ) -> int:
-        """Add one received webhook event to the audit log; return its id."""
+        """Add one received webhook event to the audit log; return its id. Events older than
+        :data:`WEBHOOK_EVENTS_DAYS` go as new ones come, so the log cannot grow without end."""
         with self.db.conn:
+            self.db.execute(
+                "DELETE FROM moizvonki_webhook_events WHERE received_at < ?",
+                [_now() - WEBHOOK_EVENTS_DAYS * 86400],
+            )
             cursor = self.db.execute(
                 "INSERT INTO moizvonki_webhook_events (received_at, action, event_pbx_call_id, "
                 "db_call_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",

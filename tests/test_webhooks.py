@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import time
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -759,3 +760,25 @@ async def test_a_cut_through_a_secret_leaves_no_piece_of_it(sandbox, store, tmp_
                 assert encoded not in result.content[0].text
     finally:
         templates[:] = saved
+
+
+def test_the_event_log_forgets_events_older_than_ninety_days(store):
+    """The audit log was never trimmed: a busy account would grow it without end."""
+    from tariti_mcp.store import WEBHOOK_EVENTS_DAYS
+
+    now = int(time.time())
+    for age_days in (WEBHOOK_EVENTS_DAYS + 1, WEBHOOK_EVENTS_DAYS - 1):
+        store.record_webhook_event(
+            action="call.finish",
+            outcome="call stored",
+            body="{}",
+            received_at=now - age_days * 86400,
+        )
+    store.record_webhook_event(action="call.start", outcome="live call ringing", body="{}")
+    kept = [row["action"] for row in store.query("SELECT action FROM moizvonki_webhook_events")]
+    assert kept == ["call.finish", "call.start"]
+    ages = [
+        (now - row["received_at"]) // 86400
+        for row in store.query("SELECT received_at FROM moizvonki_webhook_events")
+    ]
+    assert ages[0] == WEBHOOK_EVENTS_DAYS - 1
