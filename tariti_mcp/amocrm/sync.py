@@ -259,9 +259,10 @@ def _store(
             for record in records
             if record.get("id") not in held or held[record.get("id")] != record.get("updated_at")
         )
-    report.records += stream.store(store, records)
+    stored = stream.store(store, records)
+    report.records += stored
     if not stream.table:
-        report.changed = report.records
+        report.changed += stored  # lists kept whole each run: whatever was read counts
 
 
 def _waiting(progress: Progress | None, report: StreamReport) -> WaitCallback | None:

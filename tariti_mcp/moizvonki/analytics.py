@@ -68,6 +68,17 @@ CALLS_PER_SEEK = 40
 _TIME_INDEX = "idx_moizvonki_calls_time"
 _CLIENT_INDEX = "idx_moizvonki_calls_client"
 _DURATION_INDEX = "idx_moizvonki_calls_duration"
+# Every distinct client, one seek each: a hop from one to the next in the client index. A
+# recursive CTE, for a WITH RECURSIVE clause; a LIMIT on what reads it stops the hopping.
+_EVERY_CLIENT = f"""
+    every(client) AS (
+        SELECT min(client_last10) FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX}
+        WHERE client_last10 IS NOT NULL
+        UNION ALL
+        SELECT (SELECT min(client_last10) FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX}
+                WHERE client_last10 > every.client)
+        FROM every WHERE every.client IS NOT NULL
+    )"""
 _SIM_INDEX = "idx_moizvonki_calls_sim"
 
 
@@ -539,19 +550,9 @@ class _Reader:
         from one client to the next in the client index, giving up at ``limit``."""
         if limit < 1:
             return False
-        sql = f"""
-            WITH RECURSIVE every(client, n) AS (
-                SELECT min(client_last10), 1 FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX}
-                WHERE client_last10 IS NOT NULL
-                UNION ALL
-                SELECT (SELECT min(client_last10) FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX}
-                        WHERE client_last10 > every.client), n + 1
-                FROM every WHERE every.client IS NOT NULL AND n <= ?
-            )
-            SELECT max(n) FROM every
-        """
-        (counted,) = self.store.db.execute(sql, [limit]).fetchone()
-        return counted is not None and counted <= limit
+        sql = f"SELECT count(*) FROM (WITH RECURSIVE {_EVERY_CLIENT} SELECT 1 FROM every LIMIT ?)"
+        (counted,) = self.store.db.execute(sql, [limit + 1]).fetchone()
+        return counted <= limit
 
     @property
     def _scan(self) -> str:
@@ -654,14 +655,7 @@ class _Reader:
             # Few clients, many calls: hop from client to client in the index and seek each
             # one's last incoming call, rather than reading every call of the period.
             clients = f"""
-                every(client) AS (
-                    SELECT min(client_last10) FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX}
-                    WHERE client_last10 IS NOT NULL
-                    UNION ALL
-                    SELECT (SELECT min(client_last10) FROM moizvonki_calls
-                            INDEXED BY {_CLIENT_INDEX} WHERE client_last10 > every.client)
-                    FROM every WHERE every.client IS NOT NULL
-                ),
+                {_EVERY_CLIENT},
                 clients AS (
                     SELECT client, (
                         SELECT start_time * 2 + answered FROM moizvonki_calls
@@ -669,7 +663,7 @@ class _Reader:
                           AND start_time >= ?1 AND start_time < ?2 AND direction = 0
                         ORDER BY start_time DESC, answered DESC LIMIT 1
                     ) AS last_in
-                    FROM every WHERE client IS NOT NULL AND EXISTS (
+                    FROM every WHERE EXISTS (
                         SELECT 1 FROM moizvonki_calls INDEXED BY {_CLIENT_INDEX}
                         WHERE client_last10 = every.client AND start_time >= ?1
                           AND start_time < ?2
@@ -772,7 +766,7 @@ class _Reader:
                 {
                     "client": client,
                     "number": number or None,
-                    "name": name if name and phones.last10(name) != client else None,
+                    "name": _client_name(name, client),
                     "missed_at": iso(moment, self.period.zone),
                     "missed_calls": rang,
                     "employee": person.get("name") or account or "unknown",
@@ -806,7 +800,7 @@ class _Reader:
                 {
                     "client": client,
                     "number": number or None,
-                    "name": name if name and phones.last10(name) != client else None,
+                    "name": _client_name(name, client),
                     "total_calls": calls,
                     "answered": answered,
                     "missed": calls - answered,
@@ -814,6 +808,11 @@ class _Reader:
                 }
             )
         return top[:limit]
+
+
+def _client_name(name: str | None, client: str) -> str | None:
+    """The name a call logged for the client, unless it is only the number again."""
+    return name if name and phones.last10(name) != client else None
 
 
 def _epoch_day(day: dt.date) -> int:
@@ -921,12 +920,11 @@ def _employee_names(store: Store) -> dict[str, dict[str, Any]]:
 
 
 def _employee_entries(
-    store: Store, employees: dict[str, Tally], missed: list[tuple]
+    names: dict[str, dict[str, Any]], employees: dict[str, Tally], missed: list[tuple]
 ) -> list[dict[str, Any]]:
     for _, _, account, callback in missed:
         if callback is None:
             employees.setdefault(account, Tally()).not_called_back += 1
-    names = _employee_names(store)
     entries = []
     for account, tally in employees.items():
         person = names.get(account.casefold(), {})
@@ -962,6 +960,7 @@ def _breakdowns(
     internal: set[str],
 ) -> tuple[dict[str, Any], dict[str, str]]:
     period, zone = reader.period, reader.period.zone
+    names = functools.cache(lambda: _employee_names(reader.store))
     days: dict[int, Tally] = parts["days"]
     hours: dict[int, Tally] = {}
     for _, moment, _, callback in parts["missed"]:
@@ -1004,7 +1003,7 @@ def _breakdowns(
             for name, tally in zip(WEEKDAYS, weekdays, strict=True)
         ]
     if "by_employee" in include:
-        entries = _employee_entries(reader.store, parts["employees"], parts["missed"])
+        entries = _employee_entries(names(), parts["employees"], parts["missed"])
         result["by_employee"] = entries[:MAX_EMPLOYEE_ENTRIES]
         if len(entries) > MAX_EMPLOYEE_ENTRIES:
             cut["by_employee"] = (
@@ -1015,7 +1014,7 @@ def _breakdowns(
         result["top_clients"] = reader.top_clients(internal, top)
     if "waiting_clients" in include:
         missed = parts["missed"]
-        result["waiting_clients"] = reader.waiting_clients(missed, _employee_names(reader.store))
+        result["waiting_clients"] = reader.waiting_clients(missed, names())
         waiting = sum(1 for row in missed if row[3] is None)
         if waiting > MAX_WAITING_CLIENTS:
             cut["waiting_clients"] = (
